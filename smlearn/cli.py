@@ -1,0 +1,118 @@
+"""`smlearn` command line: a thin layer over the Python API (smlearn.pipeline).
+
+    smlearn run [--config my_run.yaml] [--out runs/x] [key=value ...]
+    smlearn generate|collect|eval|report --run runs/x
+    smlearn train sft|rm|rl --run runs/x
+    smlearn score --data test.jsonl --predictions preds.jsonl [--json]
+
+Errors a user can act on (bad input, missing files, mismatched run
+directories) print one line on stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import SmlearnError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smlearn", description="Self-motivated Learning for causal LMs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run every stage into a run directory (resumable)")
+    r.add_argument("--config", help="YAML config (default: the built-in reasoning lab)")
+    r.add_argument("--out", help="run directory (default: runs/<config name>)")
+    r.add_argument("--force", action="store_true", help="redo stages whose config changed")
+    r.add_argument("--until", choices=["generate", "collect", "sft", "rm", "rl", "eval", "report"],
+                   help="stop after this stage")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rl.steps=20")
+
+    for name, helptext in [("generate", "stage 1: write rationales.jsonl"),
+                           ("collect", "stage 2: final answers, levels, sft.jsonl, pairs.jsonl"),
+                           ("eval", "greedy CoT accuracy on the test split"),
+                           ("report", "write report.md")]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--run", required=True, help="run directory")
+        if name == "eval":
+            s.add_argument("--stages", nargs="+", choices=["base", "sft", "rl"])
+
+    t = sub.add_parser("train", help="stage 3: train sft | rm | rl")
+    t.add_argument("what", choices=["sft", "rm", "rl"])
+    t.add_argument("--run", required=True, help="run directory")
+
+    sc = sub.add_parser("score", help="score raw completions against a dataset (no model)")
+    sc.add_argument("--data", required=True, help="dataset JSONL (id, question, answer, kind, ...)")
+    sc.add_argument("--predictions", required=True, help='JSONL of {"id": ..., "completion": ...}')
+    sc.add_argument("--trigger", default="The answer is")
+    sc.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    lab = sub.add_parser("lab", help="the reasoning lab (synthetic tasks, tiny pretrained model)")
+    lab.add_argument("action", choices=["pretrain"])
+    lab.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
+
+
+def _dispatch(args) -> int:
+    from . import pipeline
+
+    if args.command == "score":
+        from .scoring_api import score
+
+        result = score(args.data, args.predictions, trigger=args.trigger)
+        if args.json:
+            d = result.to_dict()
+            d.pop("per_example", None)
+            print(json.dumps(d))
+        else:
+            print(result.summary_line())
+        return 0
+    if args.command == "run":
+        if args.config is None:
+            from .lab.default import default_lab_config
+
+            config, out = default_lab_config(args.overrides), args.out or "runs/lab"
+            pipeline.run(config, out, force=args.force, until=args.until)
+            return 0
+        out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+        pipeline.run(args.config, out, overrides=args.overrides, force=args.force, until=args.until)
+        return 0
+    if args.command == "lab":
+        from .lab.default import pretrain_command
+
+        pretrain_command(args.overrides)
+        return 0
+    stage = {"generate": pipeline.generate, "collect": pipeline.collect, "report": pipeline.report}
+    if args.command in stage:
+        out = stage[args.command](args.run)
+        if isinstance(out, dict):
+            pipeline._log(args.command, out)
+        else:
+            print(f"[smlearn] report: {out}")
+        return 0
+    if args.command == "eval":
+        pipeline.evaluate(args.run, args.stages)
+        return 0
+    if args.command == "train":
+        fn = {"sft": pipeline.train_sft, "rm": pipeline.train_rm, "rl": pipeline.train_rl}[args.what]
+        pipeline._log(f"train {args.what}", fn(args.run))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SmlearnError as e:
+        print(f"smlearn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smlearn: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Stage 2 — rationale collection: hint-free final answers, levels, SFT set, pairs.
+
+For every rationale the base model reads the question and the rationale
+(without the hint) and completes "The answer is" greedily; that final answer
+is compared with the gold answer to give the rationale its level (levels.py).
+The final-answer pass is resumable like generation (`judged.jsonl.partial`).
+"""
+from __future__ import annotations
+
+import time
+
+from .. import context
+from ..evaluate.extract import answers_match, extract_answer
+from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
+from ..rundir import Run
+from ..generate.engine import SamplingParams, generate_texts
+from .levels import assign_level, build_pairs, build_sft, collect_stats, heldout_questions
+
+
+def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg) -> list[dict]:
+    prompts = [builder.final_answer(by_id[r["question_id"]].question, r["rationale"]) for r in rows]
+    params = SamplingParams(max_new_tokens=cfg.answer_max_new_tokens, do_sample=False,
+                            stop_strings=("\n",))
+    outs = generate_texts(model, tokenizer, prompts, params, batch_size=len(prompts),
+                          labels=[f"rationale {r['id']}" for r in rows], progress=False)
+    judged = []
+    for r, out in zip(rows, outs):
+        ex = by_id[r["question_id"]]
+        final = extract_answer(f"{builder.trigger} {out}", ex.kind, ex.choices, builder.trigger)
+        correct = answers_match(final, ex.answer, ex.kind)
+        judged.append({**r, "final_output": out, "final_answer": final, "final_correct": correct,
+                       "level": assign_level(r["source"], correct, r["rationale"])})
+    return judged
+
+
+def collect(run: Run, progress: bool = True) -> dict:
+    """Write judged.jsonl, sft.jsonl, pairs.jsonl and collect_stats.json."""
+    from tqdm.auto import tqdm
+
+    run.require("generate", "collect")
+    cfg = run.config.collect
+    t0 = time.time()
+    items = context.examples(run, "train")
+    by_id = {e.id: e for e in items}
+    rationales = read_jsonl(run.path("rationales.jsonl"))
+    model, tokenizer = context.load_model(run, "base")
+    builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
+
+    # Longest prompts first, fixed order: chunks are reproducible across resumes.
+    sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
+    writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes)
+    bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)
+    for c, start in enumerate(range(0, len(rationales), cfg.batch_size)):
+        if c not in writer.done_chunks:
+            writer.write_chunk(c, _judge_chunk(model, tokenizer, builder, by_id,
+                                               rationales[start:start + cfg.batch_size], cfg))
+        bar.update(sizes[c])
+    bar.close()
+    judged = writer.finish()
+
+    # SFT and pairs use the zero-shot prompt: that is how trained models are prompted.
+    zero_shot = {e.id: builder.cot(e.question, few_shot=run.config.prompts.eval_few_shot_after_training)
+                 for e in items}
+    gold = {e.id: e.answer for e in items}
+    heldout = heldout_questions(list(by_id), cfg.heldout_fraction, cfg.seed)
+    sft = build_sft(judged, zero_shot, gold, builder.trigger, cfg.max_sft_per_question)
+    pairs = build_pairs(judged, zero_shot, builder.trigger, cfg.max_pairs_per_question, heldout, cfg.seed)
+    stats = collect_stats(judged, sft, pairs, list(by_id), run.config.data.name or run.config.data.source)
+    write_jsonl(run.path("sft.jsonl"), sft)
+    write_jsonl(run.path("pairs.jsonl"), pairs)
+    write_json(run.path("collect_stats.json"), stats)
+    summary = {"rationales": len(judged), **stats["levels"], "sft_examples": len(sft), "pairs": len(pairs),
+               "yield_per_question": round(stats["yield_per_question"], 4), "seconds": round(time.time() - t0, 1)}
+    run.mark_done("collect", summary)
+    return summary

@@ -1,0 +1,67 @@
+"""What every stage loads from a run: examples, a model and its tokenizer, the prompt builder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import Example, load_split
+from .errors import SmlearnError
+from .models import load_causal_lm, load_tokenizer
+from .prompts import PromptBuilder, load_exemplars
+from .rundir import Run
+
+MODEL_DIRS = {"sft": "sft/model", "rl": "rl/model"}
+
+
+def examples(run: Run, split: str) -> list[Example]:
+    return load_split(run.config.data, split)
+
+
+def model_path(run: Run, which: str) -> str:
+    """`base` → the configured model; `sft` / `rl` → the run's trained model folder."""
+    if which == "base":
+        return _base_path(run)
+    path = run.path(MODEL_DIRS[which])
+    if not path.exists():
+        raise SmlearnError(f"{path}: no {which} model in this run yet")
+    return str(path)
+
+
+def _base_path(run: Run) -> str:
+    cfg = run.config.model
+    if cfg.gguf_file:
+        from .gguf import ensure_safetensors_copy
+
+        return str(ensure_safetensors_copy(cfg.name_or_path, cfg.gguf_file))
+    return cfg.name_or_path
+
+
+def load_model(run: Run, which: str = "base"):
+    cfg = run.config.model
+    path = model_path(run, which)
+    trust = cfg.trust_remote_code
+    revision = cfg.revision if which == "base" and not cfg.gguf_file else None
+    tokenizer = load_tokenizer(path, trust_remote_code=trust, revision=revision)
+    model = load_causal_lm(path, dtype=cfg.dtype, device=cfg.device, trust_remote_code=trust, revision=revision)
+    model.eval()
+    return model, tokenizer
+
+
+def dataset_kind(items: list[Example]) -> str:
+    kinds = sorted({e.kind for e in items})
+    return kinds[0] if len(kinds) == 1 else "mixed"
+
+
+def prompt_builder(run: Run, tokenizer, kind: str) -> PromptBuilder:
+    p = run.config.prompts
+    key = p.exemplars_key or run.config.data.name
+    exemplar_kind = kind if kind != "mixed" else "number"
+    exemplars = load_exemplars(p.exemplars, key, exemplar_kind, p.trigger)
+    return PromptBuilder(exemplars=exemplars, trigger=p.trigger, n_shots=p.n_shots, tokenizer=tokenizer,
+                         chat_template=run.config.model.chat_template)
+
+
+def save_model(model, tokenizer, path: str | Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

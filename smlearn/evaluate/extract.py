@@ -1,0 +1,325 @@
+"""Answer extraction and normalisation, separate from generation.
+
+Generation produces raw completions; this module turns a completion into a
+canonical answer string and compares it with a gold answer (as
+lm-evaluation-harness does with its filters and metrics), so that the same
+completions can be re-scored with other rules without re-generating.
+
+Completions follow the few-shot chain-of-thought format of Wei et al. 2022,
+"... reasoning ... The answer is X.", but small models often keep going with a
+made-up next question ("\\nQ: ...") or never say the trigger phrase.
+
+Canonical forms, per answer kind:
+
+- ``number``: ``"18"`` for integral values, otherwise the shortest float repr
+  (``"2.5"``, ``"0.6666666666666666"``);
+- ``choice``: an upper-case letter ``"A"``..``"F"``;
+- ``yes_no``: ``"yes"`` or ``"no"``;
+- ``text``: lower case, surrounding quotes and trailing period removed,
+  whitespace collapsed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from fractions import Fraction
+
+from smlearn.errors import SmlearnError
+
+KINDS = ("number", "choice", "yes_no", "text")
+DEFAULT_TRIGGER = "The answer is"
+
+# Letters a choice answer may use when the options are not known.
+_DEFAULT_LETTERS = "ABCDEF"
+# Relative tolerance for non-integral numbers: "0.666667" matches 2/3, while
+# integers are compared exactly (1000001 must not match 1000000).
+_NUMBER_REL_TOL = 1e-6
+
+
+class UnknownKindError(SmlearnError, ValueError):
+    """An answer kind other than those in KINDS."""
+
+    def __init__(self, kind: str):
+        super().__init__(f"unknown answer kind {kind!r} (expected one of {', '.join(KINDS)})")
+        self.kind = kind
+
+
+class InvalidGoldError(SmlearnError, ValueError):
+    """A gold answer that does not parse as its kind (a data error, not a model error)."""
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise UnknownKindError(kind)
+
+
+# --------------------------------------------------------------------------
+# Locating the answer in a completion
+# --------------------------------------------------------------------------
+
+# A hallucinated next few-shot question starts on a new line with "Q:" or
+# "Question:"; everything from there on is not part of this answer.
+_NEXT_QUESTION_RE = re.compile(r"\n\s*(?:Q|Question)\s*:")
+# GSM8K-style calculator annotations "<<16-3-4=9>>" repeat the numbers of the
+# reasoning and would confuse the "last number" fallback.
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+# Phrases accepted besides the caller's trigger ("Therefore, the answer is"
+# contains "the answer is").
+_EXTRA_TRIGGERS = (r"\bthe\s+(?:final\s+|correct\s+)?answer\s+is\b", r"\banswer\s*:")
+# End of the answer sentence: a period/!/? followed by whitespace or the end
+# (so "2.5" and "$18.00" stay whole), or a line break.
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def _cut_hallucination(completion: str) -> str:
+    """The completion up to the first made-up next question."""
+    match = _NEXT_QUESTION_RE.search(completion)
+    return completion[: match.start()] if match else completion
+
+
+def _trigger_re(trigger: str) -> re.Pattern[str]:
+    return re.compile("|".join([re.escape(trigger), *_EXTRA_TRIGGERS]), re.IGNORECASE)
+
+
+def _answer_segment(text: str, trigger: str) -> str | None:
+    """The sentence after the first trigger, or None when no trigger occurs."""
+    match = _trigger_re(trigger).search(text)
+    if match is None:
+        return None
+    # "The answer is:\n18" puts the answer on the next line: skip leading
+    # whitespace and colons before looking for the end of the sentence.
+    rest = text[match.end():].lstrip(" \t\r\n:")
+    end = _SENTENCE_END_RE.search(rest)
+    return (rest[: end.start()] if end else rest).strip()
+
+
+# --------------------------------------------------------------------------
+# number
+# --------------------------------------------------------------------------
+
+_NUMBER_RE = re.compile(
+    # A sign counts only when it is not a binary operator ("16-3" is 16 and 3).
+    r"(?P<sign>(?<![\w)])[-+\u2212])?"
+    r"(?:\$\s?)?"
+    # Thousands separators only in well-formed groups, so "3,4" is two numbers.
+    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
+    r"(?P<frac>\.\d+)?"
+    r"(?:/(?P<den>\d+))?"
+)
+
+
+def _number_value(match: re.Match[str]) -> Fraction | None:
+    value = Fraction(match["int"].replace(",", "") + (match["frac"] or ""))
+    if match["den"] is not None:
+        if int(match["den"]) == 0:
+            return None
+        value /= int(match["den"])
+    return -value if match["sign"] in ("-", "\u2212") else value
+
+
+def _format_number(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    # Shortest float repr, but positional ("1e-07" would re-parse as 1).
+    return format(Decimal(repr(float(value))), "f")
+
+
+def _parse_number(text: str, last: bool = False) -> str | None:
+    matches = list(_NUMBER_RE.finditer(_CALCULATOR_RE.sub("", text)))
+    if not matches:
+        return None
+    value = _number_value(matches[-1] if last else matches[0])
+    return None if value is None else _format_number(value)
+
+
+def _number_from_segment(segment: str) -> str | None:
+    # "The answer is 16 - 3 - 4 = 9." states the result after the last "=".
+    return _parse_number(segment.rsplit("=", 1)[-1])
+
+
+# --------------------------------------------------------------------------
+# choice
+# --------------------------------------------------------------------------
+
+_ARTICLE_RE = re.compile(r"^(?:the|an|a)\s+", re.IGNORECASE)
+_TRIM_CHARS = " \t\r\n\"'`*_\u201c\u201d\u2018\u2019"
+
+
+def _letters(choices: dict[str, str] | None) -> str:
+    return "".join(k.upper() for k in choices) if choices else _DEFAULT_LETTERS
+
+
+def _letter_patterns(letters: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """Regexes for "(C)", "option C" and a bare upper-case "C" (in that order of trust)."""
+    cls = f"[{letters}{letters.lower()}]"
+    return (
+        # "(C)" and "C)"; lower case accepted because the parenthesis makes it a label.
+        re.compile(rf"(?<![\w(])\(?({cls})\)"),
+        re.compile(rf"\b(?:option|choice)\s+\(?({cls})\b", re.IGNORECASE),
+        # Bare letters only in upper case: a lower-case "a" is the article.
+        re.compile(rf"(?<![\w'])([{letters}])(?![\w'])"),
+    )
+
+
+def _option_text_key(text: str) -> str:
+    """An option text or answer, reduced for comparison ("The Library." -> "library")."""
+    text = " ".join(text.strip(_TRIM_CHARS).rstrip(".").split()).lower()
+    return _ARTICLE_RE.sub("", text)
+
+
+def _last_option_mentioned(text: str, choices: dict[str, str]) -> str | None:
+    """The letter of the option whose text occurs last (the longer one on a tie)."""
+    best: tuple[int, int, str] | None = None
+    for letter, option in choices.items():
+        pattern = re.compile(rf"(?<!\w){re.escape(option.strip())}(?!\w)", re.IGNORECASE)
+        for match in pattern.finditer(text):
+            candidate = (match.end(), match.end() - match.start(), letter.upper())
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+    return best[2] if best else None
+
+
+def _choice_from_segment(segment: str, choices: dict[str, str] | None) -> str | None:
+    """The letter named by the answer sentence ("(B)", "B. library", "library")."""
+    # An exact option text comes first, so "A mall" (article) is the mall option.
+    if choices:
+        key = _option_text_key(segment)
+        for letter, option in choices.items():
+            if key == _option_text_key(option):
+                return letter.upper()
+    for pattern in _letter_patterns(_letters(choices)):
+        match = pattern.search(segment)
+        if match:
+            return match[1].upper()
+    return _last_option_mentioned(segment, choices) if choices else None
+
+
+def _choice_fallback(text: str, choices: dict[str, str] | None) -> str | None:
+    """Without a trigger: the last letter label, else the last option text mentioned."""
+    cls = _letters(choices)
+    # Only labelled letters: "(C)", "C)", "option C" or " C." ending a
+    # sentence; a bare capital in running text ("A coin ...") is too often a word.
+    labelled = re.compile(
+        rf"(?<![\w(])\(?([{cls}{cls.lower()}])\)"
+        rf"|\b(?i:option|choice)\s+([{cls}{cls.lower()}])\b"
+        rf"|(?:(?<=\s)|^)([{cls}])\.(?=\s|$)"
+    )
+    matches = list(labelled.finditer(text))
+    if matches:
+        last = matches[-1]
+        return next(g for g in last.groups() if g).upper()
+    return _last_option_mentioned(text, choices) if choices else None
+
+
+def _normalize_choice(answer: str) -> str | None:
+    key = answer.strip(_TRIM_CHARS).rstrip(".")
+    # A lone letter is unambiguous in any case ("b" -> "B").
+    if len(key) == 1 and key.upper() in _DEFAULT_LETTERS:
+        return key.upper()
+    return _choice_from_segment(answer, None)
+
+
+# --------------------------------------------------------------------------
+# yes_no and text
+# --------------------------------------------------------------------------
+
+_YES_NO = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
+_YES_NO_RE = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+# In free reasoning "true"/"false" are usually claims about facts, not the
+# answer, so the trigger-less fallback only looks for yes/no.
+_YES_NO_FALLBACK_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_QUOTED_RE = re.compile(r"\"([^\"\n]+)\"|\u201c([^\u201d\n]+)\u201d")
+
+
+def _parse_yes_no(text: str) -> str | None:
+    match = _YES_NO_RE.search(text)
+    return _YES_NO[match[1].lower()] if match else None
+
+
+def _yes_no_fallback(text: str) -> str | None:
+    matches = _YES_NO_FALLBACK_RE.findall(text)
+    return matches[-1].lower() if matches else None
+
+
+def _normalize_text(text: str) -> str | None:
+    text = text.strip(_TRIM_CHARS)
+    text = text.rstrip(".").strip(_TRIM_CHARS)  # '"yajo".' -> 'yajo'
+    text = " ".join(text.split()).lower()
+    return text or None
+
+
+def _text_fallback(text: str) -> str | None:
+    """Without a trigger: the last quoted string on the last non-empty line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    quoted = _QUOTED_RE.findall(lines[-1])
+    if not quoted:
+        return None
+    return _normalize_text(next(g for g in quoted[-1] if g))
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+def normalize_answer(answer: str, kind: str) -> str | None:
+    """The canonical form of a gold or predicted answer; None if it does not parse."""
+    _check_kind(kind)
+    if kind == "number":
+        return _parse_number(answer)
+    if kind == "choice":
+        return _normalize_choice(answer)
+    if kind == "yes_no":
+        return _parse_yes_no(answer)
+    return _normalize_text(answer)
+
+
+def extract_answer(completion: str, kind: str, choices: dict[str, str] | None = None,
+                   trigger: str = DEFAULT_TRIGGER) -> str | None:
+    """The canonical answer a raw completion gives, or None if it gives none.
+
+    The completion is cut at a made-up next question; then the sentence after
+    the first trigger phrase is parsed. Only when no trigger occurs does a
+    per-kind fallback search the whole text (last number, last labelled
+    letter, last yes/no, last quoted string).
+    """
+    _check_kind(kind)
+    text = _cut_hallucination(completion)
+    segment = _answer_segment(text, trigger)
+    if kind == "number":
+        return _number_from_segment(segment) if segment is not None else _parse_number(text, last=True)
+    if kind == "choice":
+        return _choice_from_segment(segment, choices) if segment is not None else _choice_fallback(text, choices)
+    if kind == "yes_no":
+        return _parse_yes_no(segment) if segment is not None else _yes_no_fallback(text)
+    return _normalize_text(segment) if segment is not None else _text_fallback(text)
+
+
+def answers_match(pred: str | None, gold: str, kind: str) -> bool:
+    """Whether a predicted answer equals the gold one after normalisation.
+
+    Raises UnknownKindError for an unknown kind and InvalidGoldError when the
+    gold answer itself does not parse (a data problem that must not pass as a
+    wrong prediction).
+    """
+    _check_kind(kind)
+    gold_norm = normalize_answer(gold, kind)
+    if gold_norm is None:
+        raise InvalidGoldError(f"gold answer {gold!r} is not a valid {kind} answer")
+    if pred is None:
+        return False
+    pred_norm = normalize_answer(pred, kind)
+    if pred_norm is None:
+        return False
+    if kind == "number":
+        return _numbers_match(pred_norm, gold_norm)
+    return pred_norm == gold_norm
+
+
+def _numbers_match(pred: str, gold: str) -> bool:
+    a, b = Fraction(pred), Fraction(gold)
+    if a.denominator == 1 and b.denominator == 1:
+        return a == b
+    return math.isclose(float(a), float(b), rel_tol=_NUMBER_REL_TOL)

@@ -1,0 +1,150 @@
+"""Artifacts on disk: JSONL and JSON, written atomically.
+
+A stage writes its output to a temporary file beside the target and renames it
+into place, so a killed process never leaves a half-written artifact under the
+final name. Long stages that must resume append to a `*.partial` file in whole
+chunks instead (see `ChunkedJsonlWriter`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, SmlearnError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON is a DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise SmlearnError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", path, lineno) from None
+            if not isinstance(obj, dict):
+                raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
+            yield lineno, obj
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [obj for _, obj in iter_jsonl(path)]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows atomically; returns the number of rows."""
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    _atomic_write_text(Path(path), "".join(lines))
+    return len(lines)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise SmlearnError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg})", path, e.lineno) from None
+
+
+def write_text(path: str | Path, text: str) -> None:
+    _atomic_write_text(Path(path), text)
+
+
+class ChunkedJsonlWriter:
+    """Append-only JSONL written in whole chunks, for resumable stages.
+
+    Each row carries the index of the chunk it belongs to (`chunk_key`). A chunk
+    is written with one write + fsync; if the process is killed mid-write, the
+    torn tail is dropped on reopen, together with every row of an incomplete
+    chunk, so the chunk is regenerated whole. Because chunks are processed in a
+    fixed order with a per-chunk seed, a resumed run produces the same file as
+    an uninterrupted one. `finish()` renames the partial file to its final name.
+    """
+
+    def __init__(self, final_path: str | Path, chunk_sizes: list[int], chunk_key: str = "chunk"):
+        self.final_path = Path(final_path)
+        self.partial_path = self.final_path.with_name(self.final_path.name + ".partial")
+        self.chunk_key = chunk_key
+        self.chunk_sizes = chunk_sizes
+        self.done_chunks: set[int] = set()
+        self._recover()
+
+    def _recover(self) -> None:
+        if not self.partial_path.exists():
+            return
+        raw = self.partial_path.read_bytes()
+        lines = raw.split(b"\n")
+        # A torn final line (no newline) is dropped.
+        complete = lines[:-1]
+        rows: list[dict] = []
+        for line in complete:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        counts: dict[int, int] = {}
+        for r in rows:
+            counts[r[self.chunk_key]] = counts.get(r[self.chunk_key], 0) + 1
+        # Keep the longest prefix of whole chunks, in file order.
+        kept: list[dict] = []
+        for r in rows:
+            c = r[self.chunk_key]
+            if counts.get(c) == self.chunk_sizes[c]:
+                kept.append(r)
+        self.done_chunks = {r[self.chunk_key] for r in kept}
+        _atomic_write_text(self.partial_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+    def write_chunk(self, chunk: int, rows: list[dict[str, Any]]) -> None:
+        if len(rows) != self.chunk_sizes[chunk]:
+            raise ValueError(f"chunk {chunk}: expected {self.chunk_sizes[chunk]} rows, got {len(rows)}")
+        data = "".join(json.dumps({**r, self.chunk_key: chunk}, ensure_ascii=False) + "\n" for r in rows)
+        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.partial_path.open("a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.done_chunks.add(chunk)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows written so far (whole chunks only), in chunk order."""
+        rows = read_jsonl(self.partial_path) if self.partial_path.exists() else []
+        rows.sort(key=lambda r: r[self.chunk_key])
+        return rows
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Sort rows by chunk (file order is chunk order already) and publish atomically."""
+        rows = self.rows()
+        for r in rows:
+            r.pop(self.chunk_key, None)
+        write_jsonl(self.final_path, rows)
+        self.partial_path.unlink(missing_ok=True)
+        return rows

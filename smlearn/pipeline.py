@@ -1,0 +1,121 @@
+"""The Python API: every stage as a function of a run directory, and `run` for all of them.
+
+    import smlearn
+    run = smlearn.run("my_run.yaml", out="runs/gsm8k")      # all stages, resumable
+    smlearn.evaluate("runs/gsm8k")                          # one stage on an existing run
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig, config_from_dict, load_config
+from .rundir import STAGES, Run
+
+
+def _as_run(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else Run.open(run)
+
+
+def _log(stage: str, summary: dict[str, Any]) -> None:
+    items = ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    print(f"[smlearn] {stage}: {items}", flush=True)
+
+
+def generate(run, progress: bool = True) -> dict:
+    from .generate.rationales import generate as _generate
+
+    return _generate(_as_run(run), progress)
+
+
+def collect(run, progress: bool = True) -> dict:
+    from .collect.collect import collect as _collect
+
+    return _collect(_as_run(run), progress)
+
+
+def train_sft(run, progress: bool = True) -> dict:
+    from .train.sft import train_sft as _train
+
+    run = _as_run(run)
+    run.require("collect", "train sft")
+    return _train(run, progress)
+
+
+def train_rm(run, progress: bool = True) -> dict:
+    from .train.rm import train_rm as _train
+
+    run = _as_run(run)
+    run.require("collect", "train rm")
+    if run.config.rm.init == "sft":
+        run.require("sft", "train rm")
+    return _train(run, progress)
+
+
+def train_rl(run, progress: bool = True) -> dict:
+    from .train.rl import train_rl as _train
+
+    run = _as_run(run)
+    run.require("sft", "train rl")
+    run.require("rm", "train rl")
+    return _train(run, progress)
+
+
+def evaluate(run, stages: list[str] | None = None, progress: bool = True) -> dict:
+    from .evaluate.evaluate import evaluate as _evaluate
+
+    return _evaluate(_as_run(run), stages, progress)
+
+
+def report(run) -> Path:
+    from .report.report import report as _report
+
+    return _report(_as_run(run))
+
+
+STAGE_FUNCTIONS: dict[str, Callable] = {
+    "generate": generate, "collect": collect, "sft": train_sft, "rm": train_rm, "rl": train_rl,
+    "eval": evaluate, "report": lambda run, progress=True: {"path": str(report(run))},
+}
+
+
+def _config(config: RunConfig | str | Path | dict | None, overrides: list[str] | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config_from_dict(config.to_dict(), overrides) if overrides else config
+    if isinstance(config, dict):
+        return config_from_dict(config, overrides)
+    return load_config(config, overrides)
+
+
+def preflight(config: RunConfig) -> None:
+    """Fail on bad input before anything is written: data rows, exemplars, the model path."""
+    from .context import dataset_kind
+    from .data import load_split
+    from .models import _check_model_path
+    from .prompts import load_exemplars
+
+    for split in ("train", "test"):
+        items = load_split(config.data, split)
+    p = config.prompts
+    load_exemplars(p.exemplars, p.exemplars_key or config.data.name, dataset_kind(items), p.trigger)
+    if not config.model.gguf_file:
+        _check_model_path(config.model.name_or_path)
+
+
+def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides: list[str] | None = None,
+        force: bool = False, progress: bool = True, until: str | None = None) -> Run:
+    """Run every stage in order into `out`; finished stages with the same config are skipped."""
+    config = _config(config, overrides).validate()
+    preflight(config)
+    the_run = Run.create(out, config, force=force)
+    t0 = time.time()
+    for stage in STAGES:
+        if the_run.is_current(stage):
+            print(f"[smlearn] {stage}: done already, skipped", flush=True)
+        else:
+            _log(stage, STAGE_FUNCTIONS[stage](the_run, progress=progress))
+        if stage == until:
+            break
+    print(f"[smlearn] run finished in {time.time() - t0:.0f} s: {the_run.root}", flush=True)
+    return the_run

@@ -1,0 +1,87 @@
+"""The three prompts of the method, few-shot, in the Wei et al. "Q:/A:" layout.
+
+- `cot(q)`: free chain of thought → the model writes "<rationale> The answer is X."
+- `hint(q, candidate)`: answer-conditioned rationalization (STaR's hint): the
+  prompt shows a candidate answer and the model writes reasoning for it.
+- `final_answer(q, rationale)`: the hint-free final answer step: question and
+  rationale, then the trigger ("The answer is"); the model completes the answer.
+
+Chat models get the same text as user turns (exemplars as earlier turns)
+through the tokenizer's chat template.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .exemplars import Exemplar
+
+STOP_STRINGS = ["\nQ:", "\n\n"]
+
+
+def completion_text(rationale: str, answer: str, trigger: str) -> str:
+    """The target a trained model writes after "A:": rationale, then the answer sentence."""
+    return f" {rationale.strip()} {trigger} {answer}."
+
+
+def split_rationale(text: str, trigger: str) -> tuple[str, str | None]:
+    """Cut generated text at a stop string and split it into (rationale, stated answer or None)."""
+    for stop in STOP_STRINGS:
+        cut = text.find(stop)
+        if cut >= 0:
+            text = text[:cut]
+    idx = text.find(trigger)
+    if idx < 0:
+        return text.strip(), None
+    stated = text[idx + len(trigger):].strip()
+    stated = stated.split("\n")[0].strip().rstrip(".").strip()
+    return text[:idx].strip(), stated
+
+
+@dataclass
+class PromptBuilder:
+    exemplars: list[Exemplar]
+    trigger: str = "The answer is"
+    n_shots: int = 4
+    tokenizer: object | None = None   # needed only with chat_template
+    chat_template: bool = False
+
+    @property
+    def shots(self) -> list[Exemplar]:
+        return self.exemplars[: self.n_shots]
+
+    # -- the three prompts --------------------------------------------------
+    def cot(self, question: str, few_shot: bool = True) -> str:
+        return self._render([(self._q(e.question), self._a(e)) for e in self._shots(few_shot)], self._q(question))
+
+    def hint(self, question: str, candidate: str, few_shot: bool = True) -> str:
+        turns = [(self._q(e.question, e.answer), self._a(e)) for e in self._shots(few_shot)]
+        return self._render(turns, self._q(question, candidate))
+
+    def final_answer(self, question: str, rationale: str, few_shot: bool = True) -> str:
+        base = self.cot(question, few_shot)
+        return f"{base} {rationale.strip()} {self.trigger}".replace("  ", " ") if rationale.strip() \
+            else f"{base} {self.trigger}"
+
+    # -- rendering ----------------------------------------------------------
+    def _shots(self, few_shot: bool) -> list[Exemplar]:
+        return self.shots if few_shot else []
+
+    def _q(self, question: str, hint: str | None = None) -> str:
+        text = f"Q: {question.strip()}"
+        if hint is not None:
+            text += f"\nHint: the answer is {hint}."
+        return text
+
+    def _a(self, e: Exemplar) -> str:
+        return completion_text(e.rationale, e.answer, self.trigger).strip()
+
+    def _render(self, shots: list[tuple[str, str]], query: str) -> str:
+        if self.chat_template:
+            messages = []
+            for q, a in shots:
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            messages.append({"role": "user", "content": query})
+            # The assistant turn is opened; generation continues from here.
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "A:"
+        blocks = [f"{q}\nA: {a}" for q, a in shots] + [f"{query}\nA:"]
+        return "\n\n".join(blocks)

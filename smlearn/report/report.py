@@ -1,0 +1,84 @@
+"""Stage report: `report.md` from the run's artifacts (numbers read from them, never typed in)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import read_json, read_jsonl, write_text
+from ..rundir import Run
+
+STAGE_LABELS = {"base": "base (few-shot CoT)", "sft": "SFT (self-generated rationales)", "rl": "SML (SFT + RL)"}
+
+
+def _maybe_json(path: Path):
+    return read_json(path) if path.exists() else None
+
+
+def accuracy_table(metrics: dict) -> list[str]:
+    lines = ["| model | accuracy | correct / total | prompting |", "| --- | --- | --- | --- |"]
+    for stage in ("base", "sft", "rl"):
+        if stage in metrics:
+            m = metrics[stage]
+            lines.append(f"| {STAGE_LABELS[stage]} | {m['accuracy']:.4f} | {m['correct']} / {m['total']} | "
+                         f"{'few-shot' if m.get('few_shot') else 'zero-shot'} |")
+    return lines
+
+
+def collection_section(stats: dict) -> list[str]:
+    lv = stats["levels"]
+    lines = [f"- questions: {stats['questions']}, rationales judged: {stats['rationales']}",
+             f"- levels: high {lv['high']}, mid {lv['mid']}, low {lv['low']}",
+             f"- questions with at least one high rationale: {stats['questions_with_high']} "
+             f"(yield {stats['yield_per_question']:.4f}); high per question {stats['high_per_question_mean']:.2f}",
+             f"- SFT examples: {stats['sft_examples']}; preference pairs: {stats['pairs']} "
+             f"(train {stats['pairs_train']}, held-out {stats['pairs_heldout']})", "",
+             "| source | high | mid | low |", "| --- | --- | --- | --- |"]
+    for source, counts in sorted(stats["levels_by_source"].items()):
+        lines.append(f"| {source} | {counts['high']} | {counts['mid']} | {counts['low']} |")
+    return lines
+
+
+def rm_section(rm: dict) -> list[str]:
+    acc = rm.get("heldout_accuracy")
+    lines = [f"- held-out pairwise accuracy: {acc:.4f} ({rm.get('heldout_pairs', 0)} pairs)" if acc is not None
+             else "- held-out pairwise accuracy: n/a (no held-out pairs)",
+             f"- train pairwise accuracy: {rm['train_accuracy']:.4f}" if rm.get("train_accuracy") is not None else ""]
+    lines = [line for line in lines if line]
+    per_level = rm.get("levels") or {}
+    if per_level:
+        lines += ["", "RM score per quality level (unique completions of all pairs):", "",
+                  "| level | n | mean score | std |", "| --- | --- | --- | --- |"]
+        for key, name in (("2", "high"), ("1", "mid"), ("0", "low")):
+            if key in per_level:
+                s = per_level[key]
+                lines.append(f"| {name} | {s['n']} | {s['mean']:.4f} | {s['std']:.4f} |")
+    return lines
+
+
+def rl_section(log: list[dict]) -> list[str]:
+    if not log:
+        return ["- no RL steps logged"]
+    first, last = log[0], log[-1]
+    keys = [k for k in ("reward_mean", "rm_score_mean", "correct_mean", "kl_mean", "response_length_mean")
+            if k in last]
+    lines = ["| metric | first step | last step |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {first.get(k, float('nan')):.4f} | {last[k]:.4f} |" for k in keys]
+    return [f"- steps: {len(log)}", ""] + lines
+
+
+def report(run: Run) -> Path:
+    parts = [f"# smlearn report: {run.root.name}", "",
+             f"- model: `{run.config.model.name_or_path}`", f"- data: `{run.config.data.source}`", ""]
+    metrics = _maybe_json(run.path("eval", "metrics.json"))
+    parts += ["## Test accuracy (greedy chain of thought)", ""]
+    parts += accuracy_table(metrics) if metrics else ["(not evaluated yet)"]
+    stats = _maybe_json(run.path("collect_stats.json"))
+    parts += ["", "## Rationale collection", ""] + (collection_section(stats) if stats else ["(not collected yet)"])
+    rm = _maybe_json(run.path("rm", "metrics.json"))
+    parts += ["", "## Reward model", ""] + (rm_section(rm) if rm else ["(not trained yet)"])
+    log_path = run.path("rl", "log.jsonl")
+    parts += ["", f"## Reinforcement learning ({run.config.rl.algorithm})", ""]
+    parts += rl_section(read_jsonl(log_path)) if log_path.exists() else ["(not trained yet)"]
+    path = run.path("report.md")
+    write_text(path, "\n".join(parts) + "\n")
+    run.mark_done("report", {"path": str(path)})
+    return path

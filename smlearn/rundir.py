@@ -1,0 +1,155 @@
+"""The run directory: every stage's artifacts, the config that made them, and a manifest.
+
+Layout (open formats only):
+    config.yaml            the resolved config of this run
+    manifest.json          per stage: fingerprint of the config it ran with, time, summary
+    rationales.jsonl       stage generate
+    judged.jsonl, sft.jsonl, pairs.jsonl, collect_stats.json      stage collect
+    sft/model/             stage train sft (safetensors)
+    rm/model/, rm/metrics.json                                    stage train rm
+    rl/model/, rl/log.jsonl                                       stage train rl
+    eval/<stage>/predictions.jsonl, metrics.json                  stage eval
+    report.md                                                     stage report
+
+A stage's fingerprint hashes the config sections it and every earlier stage
+depend on. Re-running a finished stage with the same fingerprint is a no-op;
+with a different one it is refused (the artifacts on disk were made with other
+settings) unless the user asks to redo it with `force`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_config, save_config
+from .errors import RunDirError
+from .io import read_json, write_json
+
+# Stage → the config sections whose values its artifacts depend on (its own and upstream).
+STAGES = ["generate", "collect", "sft", "rm", "rl", "eval", "report"]
+_SECTIONS = {
+    "generate": ["model", "data", "prompts", "generate"],
+    "collect": ["collect"],
+    "sft": ["sft"],
+    "rm": ["rm"],
+    "rl": ["rl"],
+    "eval": ["eval"],
+    "report": [],
+}
+# Fields that change speed or logging, never results: excluded from fingerprints.
+_NEUTRAL = {"batch_size", "device"}
+
+
+def _strip_neutral(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_neutral(v) for k, v in obj.items() if k not in _NEUTRAL}
+    return obj
+
+
+def stage_sections(stage: str) -> list[str]:
+    sections: list[str] = []
+    for s in STAGES[: STAGES.index(stage) + 1]:
+        sections += _SECTIONS[s]
+    return sections
+
+
+def fingerprint(config: RunConfig, stage: str) -> str:
+    data = asdict(config)
+    relevant = {s: _strip_neutral(data[s]) for s in stage_sections(stage)}
+    blob = json.dumps(relevant, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+class Run:
+    """A run directory bound to its config."""
+
+    def __init__(self, root: str | Path, config: RunConfig):
+        self.root = Path(root)
+        self.config = config
+
+    # -- opening --------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, config: RunConfig, force: bool = False) -> "Run":
+        """Open `root` for `config`: new runs record it; existing runs must agree with it."""
+        root = Path(root)
+        config.validate()
+        run = cls(root, config)
+        if (root / "config.yaml").exists():
+            old = load_config(root / "config.yaml")
+            for stage in STAGES:
+                if run.is_done(stage) and run.manifest()[stage]["fingerprint"] != fingerprint(config, stage):
+                    if not force:
+                        changes = _diff({s: asdict(old)[s] for s in stage_sections(stage)},
+                                        {s: asdict(config)[s] for s in stage_sections(stage)})
+                        raise RunDirError(
+                            f"{root}: stage '{stage}' was run with a different config "
+                            f"({'; '.join(changes[:3]) or 'settings changed'}); use a new --out, "
+                            "or --force to redo it and every later stage")
+                    run.invalidate_from(stage)
+                    break
+        root.mkdir(parents=True, exist_ok=True)
+        save_config(config, root / "config.yaml")
+        return run
+
+    @classmethod
+    def open(cls, root: str | Path, overrides: list[str] | None = None) -> "Run":
+        root = Path(root)
+        if not (root / "config.yaml").exists():
+            raise RunDirError(f"{root}: not a run directory (no config.yaml); start one with smlearn run --out")
+        return cls(root, load_config(root / "config.yaml", overrides))
+
+    # -- manifest -------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        path = self.root / "manifest.json"
+        return read_json(path) if path.exists() else {}
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.manifest()
+
+    def is_current(self, stage: str) -> bool:
+        entry = self.manifest().get(stage)
+        return bool(entry) and entry.get("fingerprint") == fingerprint(self.config, stage)
+
+    def mark_done(self, stage: str, summary: dict[str, Any]) -> None:
+        manifest = self.manifest()
+        manifest[stage] = {"fingerprint": fingerprint(self.config, stage),
+                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
+        write_json(self.root / "manifest.json", manifest)
+
+    def summary(self, stage: str) -> dict[str, Any]:
+        return self.manifest().get(stage, {}).get("summary", {})
+
+    def invalidate_from(self, stage: str) -> None:
+        """Forget `stage` and every later stage (their artifacts will be rewritten)."""
+        manifest = self.manifest()
+        for s in STAGES[STAGES.index(stage):]:
+            manifest.pop(s, None)
+        write_json(self.root / "manifest.json", manifest)
+
+    def require(self, stage: str, for_stage: str) -> None:
+        if not self.is_current(stage):
+            raise RunDirError(f"{self.root}: stage '{for_stage}' needs stage '{stage}' first "
+                              f"(run: smlearn {_command(stage)} --run {self.root})")
+
+    # -- paths ----------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+def _command(stage: str) -> str:
+    return {"sft": "train sft", "rm": "train rm", "rl": "train rl"}.get(stage, stage)

@@ -1,0 +1,187 @@
+"""Stage 4 — the reward model: learns the ranking of rationales (TRL `RewardTrainer`, Bradley–Terry loss).
+
+Input: `pairs.jsonl` rows {"question_id", "prompt", "chosen", "rejected",
+"chosen_level", "rejected_level", "split"}; "train" pairs train the model,
+"heldout" pairs (other questions) measure it. The backbone is the SFT model
+(`rm.init=sft`) or the base model (`rm.init=base`) with a new scalar head.
+
+Output: `rm/model/` (a plain `*ForSequenceClassification` model, LoRA merged),
+`rm/adapter/` (LoRA only), `rm/log.jsonl`, `rm/metrics.json` (pairwise
+accuracy, score mean/std on the training completions — RL standardises rewards
+with them — and the score distribution per level) and `rm/scores.jsonl`.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from .. import context
+from ..errors import SmlearnError
+from ..io import read_jsonl, write_json, write_jsonl
+from ..models import load_tokenizer, resolve_device, resolve_dtype
+from ..rundir import Run
+from .lora import build_lora_config, merge_lora, prepare_for_training
+from .scoring import RewardScorer, load_reward_backbone
+from .sft import drop_log_printer, quiet_unless, remove_if_empty, trainer_args
+
+SPLITS = ("train", "heldout")
+
+
+def load_pairs(run: Run) -> list[dict[str, Any]]:
+    path = run.path("pairs.jsonl")
+    if not path.exists():
+        raise SmlearnError(f"{path}: not found; run the collect stage first (smlearn collect --run {run.root})")
+    rows = read_jsonl(path)
+    if not rows:
+        raise SmlearnError(
+            f"no preference pairs were collected ({path.name} is empty): a pair needs two rationales of one "
+            "question at different quality levels. Try more samples per question, a higher generate.temperature "
+            "or more training questions")
+    for i, r in enumerate(rows, start=1):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise SmlearnError(f"{path}, row {i}: field '{key}' must be a non-empty string")
+        if r.get("split", "train") not in SPLITS:
+            raise SmlearnError(f"{path}, row {i}: field 'split' must be train or heldout, got {r['split']!r}")
+    if not any(r.get("split", "train") == "train" for r in rows):
+        raise SmlearnError(f"{path}: all {len(rows)} pairs are held out, none is left to train the reward model; "
+                           "lower collect.heldout_fraction")
+    return rows
+
+
+def backbone_path(run: Run) -> str:
+    init = run.config.rm.init
+    try:
+        return context.model_path(run, init)
+    except SmlearnError:
+        raise SmlearnError(f"rm.init={init}: this run has no {init} model yet; run smlearn train sft "
+                           f"--run {run.root} first, or set rm.init=base") from None
+
+
+def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]], progress: bool = True):
+    """A `RewardTrainer` on explicit-prompt pairs: TRL scores prompt+chosen+EOS vs prompt+rejected+EOS."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    cfg = run.config.rm
+    device = resolve_device(run.config.model.device)
+    args = RewardConfig(**trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress))
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                                 for r in train_rows])
+    peft_config = build_lora_config(cfg.lora, "seq_cls") if cfg.lora.enabled else None
+    with quiet_unless(progress):
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                peft_config=peft_config)
+    drop_log_printer(trainer, progress)
+    return trainer
+
+
+def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
+    """Train the reward model on the train pairs, evaluate it, write rm/ and mark the stage done."""
+    t0 = time.time()
+    cfg, mcfg = run.config.rm, run.config.model
+    rows = load_pairs(run)
+    train_rows = [r for r in rows if r.get("split", "train") == "train"]
+    heldout_rows = [r for r in rows if r.get("split") == "heldout"]
+
+    path = backbone_path(run)
+    revision = mcfg.revision if cfg.init == "base" and not mcfg.gguf_file else None
+    device = resolve_device(mcfg.device)
+    save_dtype = resolve_dtype(mcfg.dtype, device)
+    # Full fine-tuning trains fp32 master weights; a LoRA backbone stays in the run's dtype.
+    load_dtype = save_dtype if cfg.lora.enabled and device.type == "cuda" else torch.float32
+    tokenizer = load_tokenizer(path, trust_remote_code=mcfg.trust_remote_code, revision=revision)
+    model = load_reward_backbone(path, dtype=load_dtype, trust_remote_code=mcfg.trust_remote_code,
+                                 revision=revision)
+    # The head reads the value at the last non-pad token, so the model must know the pad id.
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    model, _ = prepare_for_training(model, cfg.lora.enabled)
+    model.train()
+    run.invalidate_from("rm")
+
+    trainer = build_rm_trainer(run, model, tokenizer, train_rows, progress)
+    used = len(trainer.train_dataset)
+    if used == 0:
+        raise SmlearnError(f"rm.max_length={cfg.max_length}: every training pair is longer than this; "
+                           "raise rm.max_length")
+    with quiet_unless(progress):
+        result = trainer.train()
+    write_jsonl(run.path("rm", "log.jsonl"), trainer.state.log_history)
+    remove_if_empty(trainer.args.output_dir)
+
+    trained = merge_lora(trainer.model, run.path("rm", "adapter") if cfg.lora.enabled else None)
+    trained = trained.to(save_dtype).eval()
+    context.save_model(trained, tokenizer, run.path("rm", "model"))
+
+    metrics, scores = evaluate_rm(RewardScorer(trained, tokenizer), train_rows, heldout_rows,
+                                  batch_size=cfg.batch_size)
+    metrics.update({"init": cfg.init, "backbone": path, "train_pairs_used": used,
+                    "train_pairs_too_long": len(train_rows) - used,
+                    "train_loss": round(float(result.training_loss), 6), "steps": trainer.state.global_step})
+    write_json(run.path("rm", "metrics.json"), metrics)
+    write_jsonl(run.path("rm", "scores.jsonl"), scores)
+
+    summary = {key: metrics[key] for key in ("train_pairs", "heldout_pairs", "heldout_accuracy",
+                                             "train_accuracy", "score_mean", "score_std")}
+    summary["seconds"] = round(time.time() - t0, 1)
+    run.mark_done("rm", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# Evaluation with our own scorer.
+# ---------------------------------------------------------------------------
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.pstdev(values) if values else None, "n": len(values)}
+
+
+def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_rows: list[dict[str, Any]],
+                batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Pairwise accuracy per split, score mean/std over the unique training completions, scores per level.
+
+    Each distinct (question, prompt, completion) is scored once, even when it appears in several pairs.
+    Returns (metrics, one score row per scored completion).
+    """
+    completions: dict[tuple, dict[str, Any]] = {}
+    for split, rows in (("train", train_rows), ("heldout", heldout_rows)):
+        for r in rows:
+            for side in ("chosen", "rejected"):
+                key = (split, r.get("question_id"), r["prompt"], r[side])
+                completions.setdefault(key, {"question_id": r.get("question_id"), "split": split,
+                                             "level": r.get(f"{side}_level"), "prompt": r["prompt"],
+                                             "completion": r[side]})
+    items = list(completions.values())
+    values = scorer.score([c["prompt"] for c in items], [c["completion"] for c in items], batch_size=batch_size)
+    score_of = {key: v for key, v in zip(completions, values)}
+
+    def accuracy(split: str, rows: list[dict[str, Any]]) -> float | None:
+        if not rows:
+            return None
+        wins = sum(score_of[(split, r.get("question_id"), r["prompt"], r["chosen"])]
+                   > score_of[(split, r.get("question_id"), r["prompt"], r["rejected"])] for r in rows)
+        return wins / len(rows)
+
+    train_scores = [v for c, v in zip(items, values) if c["split"] == "train"]
+    by_level: dict[str, list[float]] = defaultdict(list)
+    for c, v in zip(items, values):
+        by_level[str(c["level"])].append(v)
+    overall = _stats(train_scores)
+    metrics = {
+        "train_pairs": len(train_rows), "heldout_pairs": len(heldout_rows),
+        "heldout_accuracy": accuracy("heldout", heldout_rows), "train_accuracy": accuracy("train", train_rows),
+        "score_mean": overall["mean"], "score_std": overall["std"], "scored_completions": len(items),
+        "levels": {level: {**_stats(vs), "scores": vs}
+                   for level, vs in sorted(by_level.items(), key=lambda kv: kv[0], reverse=True)},
+    }
+    if not heldout_rows:
+        metrics["heldout_note"] = ("no held-out pairs (collect.heldout_fraction is 0 or too few questions): "
+                                   "heldout accuracy is not measured")
+    scores = [{"question_id": c["question_id"], "split": c["split"], "level": c["level"], "score": v}
+              for c, v in zip(items, values)]
+    return metrics, scores

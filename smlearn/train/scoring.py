@@ -1,0 +1,107 @@
+"""Scoring completions with a trained reward model (RM evaluation and RL rewards).
+
+The text scored is exactly what TRL's `RewardTrainer` trained on:
+`prompt + completion + eos_token` (EOS added when missing), tokenized with the
+tokenizer's default special tokens. Batches are right-padded, as in training:
+a causal model's hidden states at real tokens do not depend on pads to their
+right, and the sequence-classification head reads the value at the rightmost
+non-pad token, so a text gets the same score whatever batch it is in. Texts
+longer than the model's context are truncated from the left (the end of a
+completion, where the value is read, is kept).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import SmlearnError
+from ..models import _check_model_path, context_length, load_tokenizer, resolve_device, resolve_dtype
+
+
+def load_reward_backbone(path: str | Path, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                         revision: str | None = None):
+    """`AutoModelForSequenceClassification` with one output (a new head on a causal LM), from safetensors only."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    _check_model_path(str(path))
+    # Loading a causal LM checkpoint adds a fresh `score` head and skips `lm_head`: transformers warns about
+    # both, which is expected here, so its warnings are silenced for this call only.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            revision=revision)
+    except OSError as e:
+        raise SmlearnError(f"cannot load reward model from '{path}': {str(e).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+class RewardScorer:
+    """Scalar rewards for (prompt, completion) pairs from a `*ForSequenceClassification` model with num_labels=1."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        text_config = model.config.get_text_config()
+        if text_config.pad_token_id is None:
+            text_config.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = text_config.pad_token_id
+        limits = [n for n in (max_length, context_length(model)) if n]
+        self.max_length = min(limits) if limits else None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+             trust_remote_code: bool = False, max_length: int | None = None) -> "RewardScorer":
+        """`dtype="auto"`: bf16 on a bf16 GPU, fp32 on CPU — the precision `train_rm` evaluated and saved in
+        (with the default `model.dtype: auto`), so scores match rm/metrics.json's mean/std."""
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+        tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
+        model = load_reward_backbone(path, dtype=torch_dtype, trust_remote_code=trust_remote_code).to(dev)
+        return cls(model, tokenizer, max_length=max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompt: str, completion: str) -> list[int]:
+        eos = self.tokenizer.eos_token or ""
+        text = prompt + completion
+        if eos and not text.endswith(eos):
+            text += eos
+        ids = self.tokenizer(text)["input_ids"]
+        if self.max_length is not None and len(ids) > self.max_length:
+            ids = ids[-self.max_length:]
+        return ids
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
+        encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        # Similar lengths together: less padding; results are put back in input order.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        scores = [0.0] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            for i, value in zip(idx, self._forward([encoded[i] for i in idx])):
+                scores[i] = value
+        return scores
+
+    def _forward(self, batch: list[list[int]]) -> list[float]:
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, :len(ids)] = 1
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                         use_cache=False)
+        return out.logits[:, 0].float().cpu().tolist()

@@ -1,0 +1,135 @@
+"""Every stage, end to end, on slices of two real benchmarks (numeric and multiple choice) with a tiny real Llama.
+
+Checks each artifact's content against the rules that produced it, not only its existence.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import smlearn
+from smlearn.collect.levels import HIGH, LOW, MID
+from smlearn.data import load_jsonl_examples
+from smlearn.evaluate.extract import answers_match
+from smlearn.io import read_jsonl
+from smlearn.models import load_causal_lm
+
+from conftest import bench, tiny_config, write_slice
+
+N_TRAIN, N_TEST = 8, 6
+
+
+@pytest.fixture(scope="module", params=["multiarith", "commonsense_qa"])
+def finished_run(request, tmp_path_factory, tiny_base):
+    name = request.param
+    data = write_slice(bench(name), tmp_path_factory.mktemp(f"{name}-data"), N_TRAIN, N_TEST)
+    out = tmp_path_factory.mktemp(f"{name}-run") / "run"
+    smlearn.run(tiny_config(tiny_base, data, name), out, progress=False)
+    return name, data, out
+
+
+def test_rationales(finished_run):
+    name, data, out = finished_run
+    items = {e.id: e for e in load_jsonl_examples(data / "train.jsonl")}
+    rows = read_jsonl(out / "rationales.jsonl")
+    free = [r for r in rows if r["source"] == "free"]
+    gold = [r for r in rows if r["source"] == "gold"]
+    wrong = [r for r in rows if r["source"] == "wrong"]
+    assert len(free) == 2 * N_TRAIN and len(gold) == 2 * N_TRAIN
+    assert len(wrong) == 2 * N_TRAIN            # 2 wrong candidates x 1 sample (choices have >= 3 options)
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in gold:
+        assert r["candidate"] == items[r["question_id"]].answer and r["is_gold"] is True
+    for r in wrong:
+        ex = items[r["question_id"]]
+        assert r["is_gold"] is False and not answers_match(r["candidate"], ex.answer, ex.kind)
+        if ex.kind == "choice":
+            assert r["candidate"] in ex.choices
+    for r in free:
+        assert r["candidate"] is None and r["is_gold"] is None
+    for r in rows:
+        assert r["temperature"] == 1.0 and isinstance(r["text"], str)
+        assert "\nQ:" not in r["text"]          # cut at the stop string
+
+
+def test_collection(finished_run):
+    name, data, out = finished_run
+    items = {e.id: e for e in load_jsonl_examples(data / "train.jsonl")}
+    judged = read_jsonl(out / "judged.jsonl")
+    assert len(judged) == len(read_jsonl(out / "rationales.jsonl"))
+    for r in judged:
+        ex = items[r["question_id"]]
+        assert r["final_correct"] == answers_match(r["final_answer"], ex.answer, ex.kind)
+        if not r["rationale"].strip():
+            expected = LOW
+        elif r["final_correct"]:
+            expected = HIGH
+        else:
+            expected = MID if r["source"] == "gold" else LOW
+        assert r["level"] == expected
+    by_id = {r["id"]: r for r in judged}
+    sft = read_jsonl(out / "sft.jsonl")
+    for s in sft:
+        src = by_id[s["rationale_id"]]
+        assert src["level"] == HIGH
+        assert s["completion"].endswith(f"The answer is {items[s['question_id']].answer}.")
+        assert s["prompt"].endswith("\nA:")
+    pairs = read_jsonl(out / "pairs.jsonl")
+    for p in pairs:
+        c, r = by_id[p["chosen_id"]], by_id[p["rejected_id"]]
+        assert c["question_id"] == r["question_id"] == p["question_id"]
+        assert c["level"] == p["chosen_level"] > p["rejected_level"] == r["level"]
+    stats = json.loads((out / "collect_stats.json").read_text())
+    assert stats["rationales"] == len(judged) and stats["sft_examples"] == len(sft) and stats["pairs"] == len(pairs)
+    assert sum(stats["levels"].values()) == len(judged)
+    assert stats["per_dataset"][name]["questions"] == N_TRAIN
+
+
+def test_trained_models_and_rl_log(finished_run):
+    name, data, out = finished_run
+    base_params = dict(load_causal_lm(json.loads(json.dumps(str(out / "sft" / "model")))).named_parameters())
+    rl_params = dict(load_causal_lm(str(out / "rl" / "model")).named_parameters())
+    assert any(not (base_params[k] == rl_params[k]).all() for k in base_params), "RL did not change the policy"
+    rm = json.loads((out / "rm" / "metrics.json").read_text())
+    assert rm["heldout_accuracy"] is None or 0.0 <= rm["heldout_accuracy"] <= 1.0
+    assert rm["score_std"] >= 0
+    log = read_jsonl(out / "rl" / "log.jsonl")
+    assert len(log) == 2
+    for step in log:
+        for key in ("reward_mean", "kl_mean", "response_length_mean", "correct_mean", "rm_score_mean"):
+            assert key in step and step[key] == step[key]   # present and not NaN
+        assert 0.0 <= step["correct_mean"] <= 1.0
+
+
+def test_eval_and_report(finished_run):
+    name, data, out = finished_run
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"base", "sft", "rl"}
+    for stage, m in metrics.items():
+        assert m["total"] == N_TEST
+        preds = read_jsonl(out / "eval" / stage / "predictions.jsonl")
+        assert len(preds) == N_TEST and sum(p["correct"] for p in preds) == m["correct"]
+        assert m["accuracy"] == pytest.approx(m["correct"] / N_TEST)
+        # Scoring the raw completions again gives the same number (generation and scoring are separate).
+        pred_file = out / f"{stage}-preds.jsonl"
+        pred_file.write_text("".join(json.dumps({"id": p["id"], "completion": p["completion"]}) + "\n" for p in preds))
+        assert smlearn.score(data / "test.jsonl", pred_file).correct == m["correct"]
+    assert metrics["base"]["few_shot"] is True and metrics["sft"]["few_shot"] is False
+    report = (out / "report.md").read_text()
+    for stage in ("base", "sft", "rl"):
+        m = metrics[stage]
+        assert f"{m['accuracy']:.4f} | {m['correct']} / {m['total']}" in report
+    stats = json.loads((out / "collect_stats.json").read_text())
+    assert f"high {stats['levels']['high']}, mid {stats['levels']['mid']}, low {stats['levels']['low']}" in report
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest) == ["generate", "collect", "sft", "rm", "rl", "eval", "report"]
+
+
+def test_second_run_skips_finished_stages(finished_run, capsys):
+    name, data, out = finished_run
+    before = (out / "manifest.json").read_text()
+    smlearn.run(smlearn.Run.open(out).config, out, progress=False)
+    assert (out / "manifest.json").read_text() == before
+    assert capsys.readouterr().out.count("done already, skipped") == 7
