@@ -71,10 +71,9 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         if args.config is None:
-            from .lab.default import default_lab_config
+            from .lab.default import run_lab
 
-            config, out = default_lab_config(args.overrides), args.out or "runs/lab"
-            pipeline.run(config, out, force=args.force, until=args.until)
+            run_lab(args.out or "runs/lab", args.overrides, force=args.force)
             return 0
         out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
         pipeline.run(args.config, out, overrides=args.overrides, force=args.force, until=args.until)

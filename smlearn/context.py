@@ -9,7 +9,7 @@ from .models import load_causal_lm, load_tokenizer
 from .prompts import PromptBuilder, load_exemplars
 from .rundir import Run
 
-MODEL_DIRS = {"sft": "sft/model", "rl": "rl/model"}
+MODEL_DIRS = {"sft": "sft/model", "rl": "rl/model", "oracle": "oracle/model"}
 
 
 def examples(run: Run, split: str) -> list[Example]:

@@ -28,6 +28,7 @@ Remote code is never run (`trust_remote_code=False`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -233,6 +234,45 @@ def _remove_stale_temps(root: Path, key: str) -> None:
 # Loading and converting
 # ---------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _parse_once():
+    """Let transformers parse the GGUF file once instead of three times (tokenizer, config, weights).
+
+    transformers builds a fresh `gguf.GGUFReader` (~10 s for SmolLM2's 49k-token
+    vocabulary on one core) for each of its three loads, and rebuilds the same
+    tensor-name map once per module (~400 times). Both are read-only, so while
+    `load_gguf` runs the two `gguf` functions are memoised; they are restored after.
+    """
+    try:
+        import gguf
+    except ImportError:
+        yield
+        return
+    real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+    name_maps: dict = {}
+
+    def reader(path, mode="r", *args, **kwargs):
+        if mode != "r" or args or kwargs:
+            return real_reader(path, mode, *args, **kwargs)
+        key = str(Path(path).resolve())
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    def name_map(arch, n_blocks):
+        if (arch, n_blocks) not in name_maps:
+            name_maps[arch, n_blocks] = real_name_map(arch, n_blocks)
+        return name_maps[arch, n_blocks]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
+        readers.clear()
+
+
 def load_gguf(path: str | Path):
     """(model, tokenizer) straight from a GGUF file, de-quantised to fp32 (slow: use the cached copy)."""
     import torch
@@ -243,9 +283,10 @@ def load_gguf(path: str | Path):
     path = Path(path)
     folder, name = str(path.parent), path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                     trust_remote_code=False)
+        with _parse_once():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                         trust_remote_code=False)
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise SmlearnError(f"cannot load GGUF file {path}: {first}") from None

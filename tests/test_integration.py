@@ -133,3 +133,23 @@ def test_second_run_skips_finished_stages(finished_run, capsys):
     smlearn.run(smlearn.Run.open(out).config, out, progress=False)
     assert (out / "manifest.json").read_text() == before
     assert capsys.readouterr().out.count("done already, skipped") == 7
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_critic_free_rl_variants(finished_run, tmp_path, algorithm):
+    """GRPO / RLOO (TRL) on the same corrected reward: they train, log and save a model."""
+    import shutil
+
+    name, data, out = finished_run
+    if name != "commonsense_qa":
+        pytest.skip("one dataset is enough for the variants")
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    run = smlearn.Run.open(copy, [f"rl.algorithm={algorithm}", "rl.steps=2", "rl.rollout_batch_size=4",
+                                  "rl.num_generations=2"])
+    run.invalidate_from("rl")
+    summary = smlearn.train_rl(run, progress=False)
+    assert summary["algorithm"] == algorithm and summary["steps"] == 2
+    log = read_jsonl(copy / "rl" / "log.jsonl")
+    assert len(log) == 2 and all(-10 < r["reward_mean"] < 10 and 0 <= r["correct_mean"] <= 1 for r in log)
+    assert (copy / "rl" / "model" / "model.safetensors").exists()

@@ -101,14 +101,15 @@ def train_summary(trainer, train_output, n_examples: int, t0: float) -> dict[str
 # The stage.
 # ---------------------------------------------------------------------------
 
-def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], progress: bool = True):
+def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], progress: bool = True,
+                      out_name: str = "sft"):
     """An `SFTTrainer` on prompt/completion rows with completion-only loss (labels -100 on the prompt)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     cfg = run.config.sft
     device = resolve_device(run.config.model.device)
-    args = SFTConfig(**trainer_args(cfg, run.path("sft", "trainer"), device, len(rows), progress),
+    args = SFTConfig(**trainer_args(cfg, run.path(out_name, "trainer"), device, len(rows), progress),
                      completion_only_loss=True, packing=False)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     # SFTTrainer appends tokenizer.eos_token to each completion, so the model learns to stop.
@@ -122,27 +123,34 @@ def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], pr
 
 def train_sft(run: Run, progress: bool = True) -> dict[str, Any]:
     """Fine-tune the base model on sft.jsonl; write sft/model and mark the stage done."""
+    rows = load_sft_rows(run)
+    run.invalidate_from("sft")   # the old SFT model (if any) and everything built on it are replaced
+    summary = fine_tune_base(run, rows, "sft", progress)
+    run.mark_done("sft", summary)
+    return summary
+
+
+def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress: bool = True) -> dict[str, Any]:
+    """SFT of the base model on prompt/completion rows with the run's sft settings; saves <out_name>/model.
+
+    The SFT stage uses it on the model's own high rationales; the reasoning lab's
+    oracle reference uses it on clean reference rationales.
+    """
     t0 = time.time()
     cfg = run.config.sft
-    rows = load_sft_rows(run)
     model, tokenizer = context.load_model(run, "base")
     model, save_dtype = prepare_for_training(model, cfg.lora.enabled)
     model.train()
-    run.invalidate_from("sft")   # the old SFT model (if any) and everything built on it are replaced
-
-    trainer = build_sft_trainer(run, model, tokenizer, rows, progress)
+    trainer = build_sft_trainer(run, model, tokenizer, rows, progress, out_name)
     if len(trainer.train_dataset) == 0:
         raise SmlearnError(f"sft.max_length={cfg.max_length}: every SFT example is longer than this "
                            "(prompt alone); raise sft.max_length")
     with quiet_unless(progress):
         result = trainer.train()
 
-    write_jsonl(run.path("sft", "log.jsonl"), trainer.state.log_history)
+    write_jsonl(run.path(out_name, "log.jsonl"), trainer.state.log_history)
     remove_if_empty(trainer.args.output_dir)
-    trained = merge_lora(trainer.model, run.path("sft", "adapter") if cfg.lora.enabled else None)
+    trained = merge_lora(trainer.model, run.path(out_name, "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    context.save_model(trained, tokenizer, run.path("sft", "model"))
-
-    summary = train_summary(trainer, result, len(rows), t0)
-    run.mark_done("sft", summary)
-    return summary
+    context.save_model(trained, tokenizer, run.path(out_name, "model"))
+    return train_summary(trainer, result, len(rows), t0)

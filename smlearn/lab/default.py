@@ -1,0 +1,244 @@
+"""The reasoning lab: `smlearn run` with no arguments.
+
+Everything is built offline, from scratch, on a CPU:
+1. data: the three synthetic task families (arithmetic → number, objects →
+   choice, coins → yes/no) as one mixed dataset in the benchmark schema;
+2. base model: a BPE tokenizer and a small Llama pretrained on worked
+   solutions with planted *systematic* flaws (misconceptions) at set rates, in
+   the pipeline's own formats (free CoT, and answer-hinted rationalization whose
+   rationale is consistent with its hint) — so, like a real LM, it makes
+   learned errors and, given a wrong hint, writes a flawed rationale for it;
+3. the full Self-motivated Learning pipeline on that model and data;
+4. an oracle reference (SFT on the clean reference rationales, never used by SML)
+   and the lab analysis (step validity, RM vs validity, flips, RL curves).
+
+Data and base model are cached under $SMLEARN_CACHE (default ~/.cache/smlearn),
+keyed by the settings that made them, so a second run reuses them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import config_from_dict, parse_override, _merge
+from ..errors import ConfigError
+from ..io import write_json, write_jsonl
+from .pretrain import PretrainConfig, pretrain
+from .tasks import build_corpus, get_task
+
+
+def _default_flaw_rates() -> dict[str, dict[str, float]]:
+    # Misconceptions are systematic (the corpus applies the wrong rule more often
+    # than not where it fits), so greedy decoding learns them; slips are noise.
+    return {
+        "arithmetic": {"misc_give_adds": 0.30, "misc_times_adds": 0.20, "slip": 0.08, "wrong_copy": 0.04},
+        "objects": {"misc_trade_ignored": 0.30, "misc_switch_one_way": 0.15, "slip": 0.08},
+        "coins": {"misc_noflip_flips": 0.35, "misc_turnover_ignored": 0.20, "slip": 0.08},
+    }
+
+
+@dataclass
+class LabSettings:
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic", "objects", "coins"])
+    n_train: int = 150                 # training questions per task (SML's dataset: answers only are used)
+    n_test: int = 100                  # test questions per task
+    corpus_per_task: int = 5000        # pretraining worked solutions per task
+    hinted_fraction: float = 0.5       # share of the corpus in the answer-hinted format
+    flaw_rates: dict[str, dict[str, float]] = field(default_factory=_default_flaw_rates)
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 384
+    context: int = 512
+    pretrain_steps: int = 700
+    pretrain_batch_size: int = 16
+    pretrain_seq_len: int = 256
+    pretrain_lr: float = 3e-3
+    seed: int = 0
+
+    def key(self, *fields: str) -> str:
+        d = dataclasses.asdict(self)
+        blob = json.dumps({k: d[k] for k in fields} if fields else d, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+DATA_FIELDS = ("tasks", "n_train", "n_test", "seed")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SMLEARN_CACHE", Path.home() / ".cache" / "smlearn")).expanduser()
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+def ensure_lab_data(settings: LabSettings) -> Path:
+    """train.jsonl / test.jsonl with every task's questions (ids start with the task name)."""
+    folder = cache_root() / "lab" / f"data-{settings.key(*DATA_FIELDS)}"
+    if (folder / "test.jsonl").exists():
+        return folder
+    for split, n in (("train", settings.n_train), ("test", settings.n_test)):
+        rows = []
+        for task in settings.tasks:
+            rows += get_task(task).generate(n, settings.seed, split)
+        write_jsonl(folder / f"{split}.jsonl", rows)
+    return folder
+
+
+# ---------------------------------------------------------------------------
+# Base model
+# ---------------------------------------------------------------------------
+
+def corpus_texts(settings: LabSettings) -> tuple[list[str], dict[str, Any]]:
+    """Pretraining documents in the pipeline's formats, and the corpus's flaw statistics."""
+    rng = random.Random(settings.seed)
+    texts, stats = [], {}
+    for task in settings.tasks:
+        entries = build_corpus(task, settings.corpus_per_task, settings.seed, settings.flaw_rates.get(task, {}))
+        counts: dict[str, int] = {}
+        for e in entries:
+            counts[e["flaw"] or "clean"] = counts.get(e["flaw"] or "clean", 0) + 1
+            answer_sentence = f"The answer is {e['answer']}."
+            rationale = e["rationale"]
+            if not rationale.endswith(answer_sentence):
+                rationale = f"{rationale} {answer_sentence}"
+            if rng.random() < settings.hinted_fraction:
+                # Rationalization format: the hint is the answer this rationale reaches,
+                # so a wrong hint teaches a flawed rationale that arrives at it.
+                texts.append(f"Q: {e['question']}\nHint: the answer is {e['answer']}.\nA: {rationale}")
+            else:
+                texts.append(f"Q: {e['question']}\nA: {rationale}")
+        stats[task] = {k: v / len(entries) for k, v in sorted(counts.items())}
+    return texts, stats
+
+
+def ensure_base_model(settings: LabSettings, progress: bool = True) -> Path:
+    """Pretrain (once) and cache the lab's base model; returns its folder."""
+    import torch
+
+    from ..models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama
+
+    folder = cache_root() / "lab" / f"base-{settings.key()}"
+    if (folder / "model.safetensors").exists():
+        return folder
+    t0 = time.time()
+    texts, flaw_stats = corpus_texts(settings)
+    tokenizer = build_bpe_tokenizer(texts[:20000], vocab_size=settings.vocab_size)
+    spec = TinyLlamaSpec(hidden_size=settings.hidden_size, num_hidden_layers=settings.num_hidden_layers,
+                         num_attention_heads=settings.num_attention_heads,
+                         num_key_value_heads=settings.num_attention_heads,
+                         intermediate_size=settings.intermediate_size, max_position_embeddings=settings.context)
+    model = build_tiny_llama(tokenizer, spec, seed=settings.seed)
+    cfg = PretrainConfig(steps=settings.pretrain_steps, batch_size=settings.pretrain_batch_size,
+                         seq_len=settings.pretrain_seq_len, learning_rate=settings.pretrain_lr, seed=settings.seed)
+    losses = pretrain(model, tokenizer, texts, cfg, progress=progress)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "pretrain.json", {
+        "settings": dataclasses.asdict(settings), "documents": len(texts), "corpus_flaw_rates": flaw_stats,
+        "parameters": sum(p.numel() for p in model.parameters()), "final_loss": sum(losses[-20:]) / 20,
+        "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads()})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)   # atomic publish: a killed pretraining leaves no half model
+    return folder
+
+
+# ---------------------------------------------------------------------------
+# The run config and the command
+# ---------------------------------------------------------------------------
+
+def lab_run_config(model_dir: Path, data_dir: Path) -> dict[str, Any]:
+    return {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"source": str(data_dir), "name": "lab"},
+        # The lab model was pretrained in this exact format: it needs no exemplars.
+        "prompts": {"n_shots": 0},
+        "generate": {"samples_gold": 2, "samples_wrong": 1, "max_wrong_candidates": 1, "samples_free": 2,
+                     "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 150, "batch_size": 64},
+        "collect": {"answer_max_new_tokens": 6, "batch_size": 64, "max_sft_per_question": 3,
+                    "max_pairs_per_question": 6, "heldout_fraction": 0.15},
+        "sft": {"epochs": 2, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
+        "rm": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
+        "rl": {"steps": 25, "rollout_batch_size": 32, "mini_batch_size": 16, "ppo_epochs": 2,
+               "learning_rate": 3e-5, "kl_coef": 0.05, "max_new_tokens": 150, "temperature": 1.0},
+        "eval": {"max_new_tokens": 150, "batch_size": 64},
+    }
+
+
+def split_overrides(overrides: list[str] | None) -> tuple[LabSettings, list[str]]:
+    """`lab.*` overrides set LabSettings; the rest go to the run config."""
+    lab: dict[str, Any] = {}
+    rest = []
+    for o in overrides or []:
+        if o.startswith("lab."):
+            lab = _merge(lab, parse_override(o[4:]))
+        else:
+            rest.append(o)
+    names = {f.name for f in dataclasses.fields(LabSettings)}
+    for k in lab:
+        if k not in names:
+            raise ConfigError(f"lab.{k}: unknown field (valid: {', '.join(sorted(names))})")
+    return LabSettings(**lab), rest
+
+
+def default_lab_config(overrides: list[str] | None = None, progress: bool = True):
+    settings, rest = split_overrides(overrides)
+    data_dir = ensure_lab_data(settings)
+    model_dir = ensure_base_model(settings, progress)
+    return config_from_dict(lab_run_config(model_dir, data_dir), rest), settings
+
+
+def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, force: bool = False,
+            progress: bool = True):
+    """The default job: lab data and base model (cached), SML pipeline, oracle, lab analysis."""
+    from .. import pipeline
+    from ..evaluate.evaluate import evaluate_stage
+    from ..train.sft import fine_tune_base
+    from ..rundir import Run
+
+    t0 = time.time()
+    config, settings = default_lab_config(overrides, progress)
+    t_base = time.time() - t0
+    run = pipeline.run(config, out, force=force, progress=progress)
+    oracle_rows = oracle_sft_rows(run)
+    if not run.path("oracle", "model").exists():
+        fine_tune_base(run, oracle_rows, "oracle", progress)
+    metrics = evaluate_stage(run, "oracle", progress)
+    print(f"[smlearn] oracle (SFT on clean reference rationales): accuracy {metrics['accuracy']:.4f}")
+    from .analysis import analyze, write_lab_report
+
+    lab_metrics = analyze(run)
+    lab_metrics["timing"] = {"base_model_and_data_seconds": round(t_base, 1),
+                             "total_seconds": round(time.time() - t0, 1)}
+    write_lab_report(run, lab_metrics)
+    print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {Path(out) / 'report.md'}")
+    return run
+
+
+def oracle_sft_rows(run) -> list[dict[str, Any]]:
+    """Clean reference rationales of the training questions, in the SFT stage's format."""
+    from ..io import read_jsonl
+    from ..prompts import completion_text
+
+    rows = read_jsonl(Path(run.config.data.source) / "train.jsonl")
+    trigger = run.config.prompts.trigger
+    return [{"question_id": r["id"], "prompt": f"Q: {r['question']}\nA:",
+             "completion": completion_text(r["rationale"], r["answer"], trigger)} for r in rows]
+
+
+def pretrain_command(overrides: list[str] | None = None) -> None:
+    settings, _ = split_overrides(overrides)
+    folder = ensure_base_model(settings)
+    print(f"[smlearn] lab base model: {folder}")
