@@ -54,8 +54,7 @@ def dataset_kind(items: list[Example]) -> str:
 def prompt_builder(run: Run, tokenizer, kind: str) -> PromptBuilder:
     p = run.config.prompts
     key = p.exemplars_key or run.config.data.name
-    exemplar_kind = kind if kind != "mixed" else "number"
-    exemplars = load_exemplars(p.exemplars, key, exemplar_kind, p.trigger)
+    exemplars = load_exemplars(p.exemplars, key, kind, p.trigger)
     return PromptBuilder(exemplars=exemplars, trigger=p.trigger, n_shots=p.n_shots, tokenizer=tokenizer,
                          chat_template=run.config.model.chat_template)
 

@@ -99,7 +99,11 @@ def preflight(config: RunConfig) -> None:
         items = load_split(config.data, split)
     p = config.prompts
     load_exemplars(p.exemplars, p.exemplars_key or config.data.name, dataset_kind(items), p.trigger)
-    if not config.model.gguf_file:
+    if config.model.gguf_file:
+        from .gguf import resolve_gguf_file
+
+        resolve_gguf_file(config.model.name_or_path, config.model.gguf_file)   # cheap: converts nothing
+    else:
         _check_model_path(config.model.name_or_path)
 
 

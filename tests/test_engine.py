@@ -15,7 +15,7 @@ import torch
 
 from smlearn.generate import engine as E
 from smlearn.generate.engine import EngineOptions, SamplingParams, generate_texts, truncate_at_stop
-from smlearn.models import load_causal_lm, load_tokenizer
+from smlearn.models import TinyLlamaSpec, build_tiny_llama, load_causal_lm, load_tokenizer
 from smlearn.prompts import BUILTIN, STOP_STRINGS, PromptBuilder
 
 from conftest import bench, read_rows
@@ -25,8 +25,34 @@ NEW = 24
 
 @pytest.fixture(scope="module")
 def lm(tiny_base):
+    """The briefly pretrained tiny Llama: real answer format, but few distinct completions."""
     model = load_causal_lm(str(tiny_base), dtype="float32", device="cpu").eval()
     return model, load_tokenizer(str(tiny_base))
+
+
+@pytest.fixture(scope="module")
+def chaotic(lm):
+    """A random tiny Llama with weights scaled up: every prompt gets a different, long completion."""
+    tok = lm[1]
+    model = build_tiny_llama(tok, TinyLlamaSpec(hidden_size=64, num_hidden_layers=2, intermediate_size=128), seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model.eval(), tok
+
+
+# Stop strings each model actually writes within NEW tokens (the pretrained one ends answers with EOS).
+STOPS = {"lm": tuple(STOP_STRINGS) + (". ",), "chaotic": tuple(STOP_STRINGS) + (" a",)}
+
+
+@pytest.fixture(scope="module", params=["lm", "chaotic"])
+def model_ref(request, prompts):
+    """(model, tokenizer, stop strings, reference completions without stop strings)."""
+    model, tok = request.getfixturevalue(request.param)
+    ref = reference(model, tok, prompts, SamplingParams(max_new_tokens=NEW))
+    if request.param == "chaotic":  # distinct prompts, distinct completions: the comparisons have teeth
+        assert len(set(ref)) == len(set(prompts))
+    return model, tok, STOPS[request.param], ref
 
 
 @pytest.fixture(scope="module")
@@ -53,49 +79,57 @@ def reference(model, tokenizer, prompts, params: SamplingParams) -> list[str]:
     return texts
 
 
-@pytest.fixture(scope="module")
-def ref_plain(lm, prompts):
-    return reference(*lm, prompts, SamplingParams(max_new_tokens=NEW))
-
-
 @pytest.mark.parametrize("options", [EngineOptions(), EngineOptions(share_prefix=False), EngineOptions(engine="hf")],
                          ids=["fast", "fast-no-prefix", "hf-batched"])
 @pytest.mark.parametrize("batch_size", [3, 16])
-def test_greedy_equals_per_prompt_generate(lm, prompts, ref_plain, options, batch_size):
-    model, tok = lm
+def test_greedy_equals_per_prompt_generate(model_ref, prompts, options, batch_size):
+    model, tok, _, ref = model_ref
     got = generate_texts(model, tok, prompts, SamplingParams(max_new_tokens=NEW), batch_size=batch_size,
                          progress=False, options=options)
-    assert got == ref_plain
-    assert len(set(got)) > 3, "degenerate model output makes this test weak"
+    assert got == ref
 
 
 @pytest.mark.parametrize("options", [EngineOptions(), EngineOptions(engine="hf")], ids=["fast", "hf-batched"])
-def test_greedy_with_stop_strings(lm, prompts, ref_plain, options):
-    model, tok = lm
-    params = SamplingParams(max_new_tokens=NEW, stop_strings=tuple(STOP_STRINGS))
+def test_greedy_with_stop_strings(model_ref, prompts, options):
+    model, tok, stops, ref = model_ref
+    params = SamplingParams(max_new_tokens=NEW, stop_strings=stops)
     got = generate_texts(model, tok, prompts, params, batch_size=4, progress=False, options=options)
-    assert got == [truncate_at_stop(t, STOP_STRINGS) for t in ref_plain]
-    assert any(len(g) < len(r) for g, r in zip(got, ref_plain)), "no completion reached a stop string"
+    assert got == [truncate_at_stop(t, stops) for t in ref]
+    assert any(len(g) < len(r) for g, r in zip(got, ref)), "no completion reached a stop string"
 
 
-def test_rows_stop_early_and_the_batch_ends(lm, prompts):
-    """A row stops at its stop string (not max_new_tokens later); no forward runs once all rows are done."""
-    model, tok = lm
+
+def test_rows_stop_early_and_the_batch_ends(chaotic, prompts):
+    """A row stops at the token that completes its stop string; finished rows leave the batch; no forward
+    runs once all rows are done."""
+    model, tok = chaotic
     ids = [E.encode_prompt(tok, p) for p in prompts]
-    params = SamplingParams(max_new_tokens=NEW, stop_strings=("\n",))
+    params = SamplingParams(max_new_tokens=NEW, stop_strings=(" a",))
     calls = []
     original = E._forward
-    E._forward = lambda *a, **k: calls.append(a[2].shape[0]) or original(*a, **k)
-    try:
-        with E.shared_prefix_attention(model), torch.no_grad():
-            out = E._generate_fast(model, tok, ids, params, E.PrefixKV.empty().extend(model, E.common_prefix(ids)),
-                                   EngineOptions())
-    finally:
-        E._forward = original
-    stopped = [toks for toks in out if "\n" in tok.decode(toks)]
-    assert stopped and all("\n" in tok.decode(toks[-3:]) for toks in stopped)
+    with E.shared_prefix_attention(model), torch.no_grad():
+        prefix = E.PrefixKV.empty().extend(model, E.common_prefix(ids))
+        E._forward = lambda *a, **k: calls.append(a[2].shape[0]) or original(*a, **k)
+        try:
+            out = E._generate_fast(model, tok, ids, params, prefix, EngineOptions())
+        finally:
+            E._forward = original
+    stopped = [toks for toks in out if len(toks) < NEW]
+    assert stopped
+    for toks in stopped:
+        assert " a" in tok.decode(toks) and " a" not in tok.decode(toks[:-1])
     assert calls == sorted(calls, reverse=True) and calls[-1] < len(ids)   # the batch shrinks as rows finish
     assert len(calls) == max(len(t) for t in out)                          # and ends with its last row
+
+
+def test_batches_extend_the_shared_prefix(chaotic, prompts):
+    """Identical prompts (samples of one question) share all but their last token; a batch of them
+    extends the call's common prefix with its own."""
+    model, tok = chaotic
+    chosen = [prompts[0]] * 3 + [prompts[5], prompts[-1]]
+    params = SamplingParams(max_new_tokens=8)
+    assert generate_texts(model, tok, chosen, params, batch_size=3, progress=False) == reference(model, tok, chosen, params)
+    assert generate_texts(model, tok, chosen[:3], params, progress=False) == reference(model, tok, chosen[:1], params) * 3
 
 
 def test_sampling_follows_the_seed(lm, prompts):
@@ -181,4 +215,3 @@ def test_stop_checker_sees_multi_token_stop_strings(lm):
     hits = [checker.hit(ids[:i]) for i in range(1, len(ids) + 1)]
     first = hits.index(True)
     assert "\nQ:" in tok.decode(ids[:first + 1]) and "\nQ:" not in tok.decode(ids[:first])
-    assert all(hits[first:])

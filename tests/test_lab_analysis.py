@@ -235,7 +235,7 @@ def test_rm_vs_validity(analyzed, fake_run):
     assert f"Q: {q}\nA:" in scorer.prompts
 
 
-def test_rm_reversed_tied_and_capped(fake_run, tmp_path):
+def test_rm_reversed_tied_and_capped(fake_run):
     run = fake_run["run"]
     reversed_scorer = StubScorer({c: -1.0 for c in fake_run["valid"]} | {c: 2.0 for c in fake_run["invalid"]})
     m = analyze(run, scorer=reversed_scorer, plots=False)
@@ -318,3 +318,21 @@ def test_write_lab_report_replaces_previous_section(analyzed, fake_run):
     assert text.count(MARKER_BEGIN) == 1 and text.count(MARKER_END) == 1
     assert text.count("## Reasoning lab") == 1
     assert report_section(m) in text
+
+
+def test_missing_artifacts_are_left_out(fake_run, tmp_path):
+    """Only base predictions: no RM, no judged, no RL — the analysis still runs and says n/a."""
+    src = fake_run["run"]
+    run = Run(tmp_path / "run", src.config)
+    rows = [json.loads(line) for line in src.path("eval", "base", "predictions.jsonl").read_text().splitlines()]
+    write_jsonl(run.path("eval", "base", "predictions.jsonl"), rows)
+    m = analyze(run)                                  # default scorer: no rm/model here → none
+    assert m["stages"] == ["base"] and m["flips"] is None and m["rl"] is None
+    assert m["rm"]["vs_validity"] is None and m["rm"]["heldout_accuracy"] is None
+    assert m["accuracy"]["base"]["all"] == {"accuracy": 0.25, "correct": 3, "n": 12}
+    assert "rl_curves.png" not in " ".join(m["plots"])
+    text = report_section(m)
+    assert "n/a" in text and "(no RL log)" in text
+    assert read_json(run.path("metrics.json"))["lab"]["stages"] == ["base"]
+    write_lab_report(run, m)                          # no report.md yet: created with the section only
+    assert run.path("report.md").read_text().startswith(MARKER_BEGIN)

@@ -54,7 +54,9 @@ class SharedPrefixKV:
         self.values: dict[int, torch.Tensor] = {}
         self.valid = torch.zeros((batch, capacity), dtype=torch.bool, device=device)
         self._q = 0
-        self._mask: torch.Tensor | None = None      # [B, 1, 1, q, length + q] for the forward in progress
+        # Which keys each new query sees, [B, 1 (kv heads), 1 (query group), q, length + q], for the forward
+        # in progress (built once per forward in `begin`, read by every layer).
+        self.mask: torch.Tensor | None = None
 
     # -- the engine's side ---------------------------------------------------
     def begin(self, new_valid: torch.Tensor) -> None:
@@ -68,13 +70,12 @@ class SharedPrefixKV:
         if q > 1:  # causal among the new columns; every earlier column is in the past
             causal = torch.ones((q, total), dtype=torch.bool, device=self.device).tril(self.length)
             keys_ok = keys_ok & causal
-        # [B, 1 (kv heads), 1 (query group), q, total]: broadcasts over heads
-        self._mask = keys_ok.view(self.batch, 1, 1, -1, total).expand(self.batch, 1, 1, q, total)
+        self.mask = keys_ok.view(self.batch, 1, 1, -1, total).expand(self.batch, 1, 1, q, total)
         self._q = q
 
     def end(self) -> None:
         self.length += self._q
-        self._q, self._mask = 0, None
+        self._q, self.mask = 0, None
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (finished rows leave the batch; only the small per-row part is copied)."""
@@ -91,8 +92,9 @@ class SharedPrefixKV:
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer not in self.keys:
             shape = (self.batch, key.shape[1], self.capacity, key.shape[3])
-            self.keys[layer] = torch.zeros(shape, dtype=key.dtype, device=key.device)
-            self.values[layer] = torch.zeros(shape, dtype=value.dtype, device=value.device)
+            # Uninitialised is fine: only columns [0, end) are ever read, and each was written first.
+            self.keys[layer] = torch.empty(shape, dtype=key.dtype, device=key.device)
+            self.values[layer] = torch.empty(shape, dtype=value.dtype, device=value.device)
         end = self.length + key.shape[2]
         self.keys[layer][:, :, self.length:end] = key
         self.values[layer][:, :, self.length:end] = value
@@ -102,7 +104,8 @@ class SharedPrefixKV:
 def attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
                       scaling: float | None = None, dropout: float = 0.0, smlearn_kv: SharedPrefixKV | None = None,
                       **kwargs):
-    """Attention of the new tokens over [shared prefix | own row], same maths as transformers' eager attention.
+    """Attention of the new tokens over [shared prefix | own row]: the maths of transformers' eager
+    attention (inference only: no dropout), with the softmax split over the two parts.
 
     query [B, heads, q, d]; key/value [B, kv_heads, q, d] (this forward's tokens, RoPE applied).
     Returns ([B, q, heads, d], None) like the other attention functions.
@@ -113,32 +116,38 @@ def attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: tor
     b, heads, q, d = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads      # grouped-query attention: head h uses KV head h // groups
-    scale = scaling if scaling is not None else d ** -0.5
+    rows = groups * q               # query rows per (batch row, KV head)
     row_k, row_v = state.write(module.layer_idx, key, value)
+    # Scale the queries, not the (larger) scores; the same numbers when the scale is a power of two.
+    qg = (query * (scaling if scaling is not None else d ** -0.5)).reshape(b, kv_heads, rows, d)
 
-    qg = query.reshape(b, kv_heads, groups * q, d)
-    scores = [None, torch.matmul(qg, row_k.transpose(-1, -2))]     # [B, kvh, groups*q, L]
+    # Own row: [B, kvh, rows, L]; masked keys (holes, the future) get finfo.min rather than -inf, so a
+    # query with no visible key at all (a hole, without prefix) gets finite garbage that nothing
+    # reads instead of NaNs that would reach the other rows through the value products.
+    row_s = torch.matmul(qg, row_k.transpose(-1, -2)).float()
+    row_s.view(b, kv_heads, groups, q, -1).masked_fill_(~state.mask, torch.finfo(row_s.dtype).min)
+    top = row_s.amax(dim=-1)                                            # [B, kvh, rows]
+
     prefix = state.prefix[module.layer_idx] if state.prefix else None
-    if prefix is not None and prefix[0].shape[1] > 0:
-        # All rows and query heads of one KV head against the one copy of the prefix: a single matmul.
-        qp = qg.transpose(0, 1).reshape(kv_heads, b * groups * q, d)
-        scores[0] = torch.matmul(qp, prefix[0].transpose(-1, -2)).view(kv_heads, b, groups * q, -1).transpose(0, 1)
-    n_prefix = 0 if scores[0] is None else scores[0].shape[-1]
+    if prefix is not None and prefix[0].shape[1] == 0:
+        prefix = None
+    if prefix is not None:
+        # The prefix is the same for every row: all rows and query heads of one KV head against its one
+        # copy is a single matmul, [kvh, B*rows, P], kept in that layout (no transposed copy of scores).
+        qp = qg.transpose(0, 1).reshape(kv_heads, b * rows, d)
+        pre_s = torch.matmul(qp, prefix[0].transpose(-1, -2)).float()
+        top = torch.maximum(top, pre_s.amax(dim=-1).view(kv_heads, b, rows).transpose(0, 1))
 
-    row_scores = scores[1].view(b, kv_heads, groups, q, -1)
-    # finfo.min rather than -inf: a query with no visible key (a hole, without prefix) gets finite garbage
-    # that nothing reads, instead of NaNs that would poison the matmul with the values.
-    row_scores = row_scores.masked_fill(~state._mask, torch.finfo(row_scores.dtype).min)
-    row_scores = row_scores.view(b, kv_heads, groups * q, -1)
-    joint = row_scores if n_prefix == 0 else torch.cat([scores[0], row_scores], dim=-1)
-    weights = torch.softmax((joint * scale).float(), dim=-1).to(query.dtype)
-
-    out = torch.matmul(weights[..., n_prefix:], row_v)                 # [B, kvh, groups*q, d]
-    if n_prefix:
-        wp = weights[..., :n_prefix].transpose(0, 1).reshape(kv_heads, b * groups * q, n_prefix)
-        out = out + torch.matmul(wp, prefix[1]).view(kv_heads, b, groups * q, d).transpose(0, 1)
-    out = out.reshape(b, heads, q, d).transpose(1, 2).contiguous()
-    return out, None
+    # Softmax over [prefix | row] without concatenating them: shared max, exponentials, one denominator.
+    row_e = row_s.sub_(top[..., None]).exp_()
+    denom = row_e.sum(dim=-1)
+    out = torch.matmul(row_e.to(value.dtype), row_v).float()            # [B, kvh, rows, d]
+    if prefix is not None:
+        pre_e = pre_s.sub_(top.transpose(0, 1).reshape(kv_heads, b * rows, 1)).exp_()
+        denom = denom + pre_e.sum(dim=-1).view(kv_heads, b, rows).transpose(0, 1)
+        out = out + torch.matmul(pre_e.to(value.dtype), prefix[1]).float().view(kv_heads, b, rows, d).transpose(0, 1)
+    out = (out / denom[..., None]).to(query.dtype)
+    return out.reshape(b, heads, q, d).transpose(1, 2).contiguous(), None
 
 
 _registered = False

@@ -250,8 +250,8 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
                            "train_accuracy": rm.get("train_accuracy"),
                            "score_mean": rm.get("score_mean"), "score_std": rm.get("score_std"),
                            "levels": levels, "validity_by_level": {}, "vs_validity": None}
-    plot: dict[str, Any] = {"level_scores": {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()},
-                            "scored": []}
+    level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
+    plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
 
     judged_path = run.path("judged.jsonl")
     if not judged_path.exists():
@@ -617,8 +617,9 @@ def report_section(lab: dict) -> str:
     parts += image("rm_scores_by_level.png", "RM score by quality level")
     vs = rm.get("vs_validity")
     if vs:
-        parts += ["", f"RM score as a predictor of verifier validity, on {vs['n']} of {vs['judged_total']} "
-                      "judged training rationales:", ""]
+        parts += ([] if parts[-1] == "" else [""]) + [
+            f"RM score as a predictor of verifier validity, on {vs['n']} of {vs['judged_total']} "
+            "judged training rationales:", ""]
         rows = [[ALL, vs["n"], vs["n_valid"], vs["auc"], vs["spearman_valid"], vs["spearman_step_fraction"],
                  vs["score_mean_valid"], vs["score_mean_invalid"]]]
         rows += [[t, v["n"], v["n_valid"], v["auc"], v["spearman_valid"], v["spearman_step_fraction"],

@@ -89,6 +89,9 @@ def parse_wei_prompt(text: str, trigger: str, where: str) -> list[Exemplar]:
 def load_exemplars(source: str, key: str | None, kind: str, trigger: str) -> list[Exemplar]:
     """`builtin` → the project's exemplars for `kind`; else a JSON file (see module doc)."""
     if source == "builtin":
+        if kind == "mixed":
+            # A dataset of several answer kinds: interleave the kinds' exemplars.
+            return [shots[i] for i in range(4) for shots in BUILTIN.values()]
         if kind not in BUILTIN:
             raise SmlearnError(f"no built-in exemplars for answer kind '{kind}'")
         return list(BUILTIN[kind])
