@@ -25,7 +25,7 @@ def evaluate_stage(run: Run, stage: str, progress: bool = True) -> dict:
     items = context.examples(run, "test")
     model, tokenizer = context.load_model(run, stage)
     builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
-    few_shot = stage == "base" or run.config.prompts.eval_few_shot_after_training
+    few_shot = (stage == "base" or run.config.prompts.eval_few_shot_after_training) and run.config.prompts.n_shots > 0
     prompts = [builder.cot(e.question, few_shot=few_shot) for e in items]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=False, stop_strings=tuple(STOP_STRINGS))
     t0 = time.time()

@@ -30,7 +30,8 @@ from typing import Any
 
 from ..config import config_from_dict, parse_override, _merge
 from ..errors import ConfigError
-from ..io import write_json, write_jsonl
+from ..io import read_json, write_json, write_jsonl
+from ..rundir import STAGES
 from .pretrain import PretrainConfig, pretrain
 from .tasks import build_corpus, get_task
 
@@ -168,10 +169,10 @@ def lab_run_config(model_dir: Path, data_dir: Path) -> dict[str, Any]:
         "generate": {"samples_gold": 2, "samples_wrong": 1, "max_wrong_candidates": 1, "samples_free": 2,
                      "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 150, "batch_size": 64},
         "collect": {"answer_max_new_tokens": 6, "batch_size": 64, "max_sft_per_question": 3,
-                    "max_pairs_per_question": 6, "heldout_fraction": 0.15},
+                    "max_pairs_per_question": 3, "heldout_fraction": 0.15},
         "sft": {"epochs": 2, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
         "rm": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
-        "rl": {"steps": 25, "rollout_batch_size": 32, "mini_batch_size": 16, "ppo_epochs": 2,
+        "rl": {"steps": 20, "rollout_batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2,
                "learning_rate": 3e-5, "kl_coef": 0.05, "max_new_tokens": 150, "temperature": 1.0},
         "eval": {"max_new_tokens": 150, "batch_size": 64},
     }
@@ -206,8 +207,6 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
     from .. import pipeline
     from ..evaluate.evaluate import evaluate_stage
     from ..train.sft import fine_tune_base
-    from ..rundir import Run
-
     t0 = time.time()
     config, settings = default_lab_config(overrides, progress)
     t_base = time.time() - t0
@@ -215,13 +214,19 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
     oracle_rows = oracle_sft_rows(run)
     if not run.path("oracle", "model").exists():
         fine_tune_base(run, oracle_rows, "oracle", progress)
-    metrics = evaluate_stage(run, "oracle", progress)
+    oracle_metrics = run.path("eval", "oracle", "metrics.json")
+    metrics = read_json(oracle_metrics) if oracle_metrics.exists() else evaluate_stage(run, "oracle", progress)
     print(f"[smlearn] oracle (SFT on clean reference rationales): accuracy {metrics['accuracy']:.4f}")
     from .analysis import analyze, write_lab_report
 
     lab_metrics = analyze(run)
     lab_metrics["timing"] = {"base_model_and_data_seconds": round(t_base, 1),
-                             "total_seconds": round(time.time() - t0, 1)}
+                             "total_seconds": round(time.time() - t0, 1),
+                             "stages_seconds": {s: run.summary(s).get("seconds") for s in STAGES}}
+    write_json(run.path("lab_metrics.json"), lab_metrics)
+    merged = read_json(run.path("metrics.json"))
+    merged["lab"] = lab_metrics
+    write_json(run.path("metrics.json"), merged)
     write_lab_report(run, lab_metrics)
     print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {Path(out) / 'report.md'}")
     return run

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..io import read_json, read_jsonl, write_text
 from ..rundir import Run
 
-STAGE_LABELS = {"base": "base (few-shot CoT)", "sft": "SFT (self-generated rationales)", "rl": "SML (SFT + RL)"}
+STAGE_LABELS = {"base": "base (CoT)", "sft": "SFT (self-generated rationales)", "rl": "SML (SFT + RL)"}
 
 
 def _maybe_json(path: Path):
