@@ -24,7 +24,7 @@ from ..io import ChunkedJsonlWriter
 from ..prompts import STOP_STRINGS, split_rationale
 from ..rundir import Run
 from .candidates import n_wrong_candidates, wrong_candidates
-from .engine import SamplingParams, generate_texts
+from .engine import SamplingParams, check_context, generate_texts
 from ..evaluate.extract import extract_answer
 
 
@@ -103,6 +103,9 @@ def generate(run: Run, progress: bool = True) -> dict:
     n_hinted = sum(cfg.samples_gold + n_wrong_candidates(e, cfg.max_wrong_candidates) * cfg.samples_wrong
                    for e in items)
     free_chunks, hinted_chunks = _chunks(n_free, cfg.batch_size), _chunks(n_hinted, cfg.batch_size)
+    # Fail before sampling anything if a prompt cannot fit the model's context.
+    check_context(tokenizer, model, [builder.hint(e.question, e.answer) for e in items],
+                  [f"question id {e.id}" for e in items], cfg.max_new_tokens)
     writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), free_chunks + hinted_chunks)
     bar = tqdm(total=n_free + n_hinted, desc="generate rationales", disable=not progress)
 

@@ -1,0 +1,62 @@
+"""Reasoning lab over several seeds: mean ± sd test accuracy per stage and task (a benchmark, not a test).
+
+    python benchmarks/lab_seeds.py --seeds 0 1 2 --out runs/lab-seeds [lab.n_train=300 ...]
+
+Each seed builds its own data and base model (cached under $SMLEARN_CACHE), runs
+the whole lab, and the table is printed and written to <out>/seeds.md and
+<out>/seeds.json. Numbers come from each run's lab_metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from smlearn.io import read_json, write_json, write_text
+from smlearn.lab.default import run_lab
+
+STAGES = ["base", "sft", "rl", "oracle"]
+
+
+def table(per_seed: dict[int, dict]) -> str:
+    tasks = next(iter(per_seed.values()))["tasks"] + ["all"]
+    lines = ["| stage | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
+    for stage in STAGES:
+        cells = []
+        for task in tasks:
+            values = [m["accuracy"][stage][task]["accuracy"] for m in per_seed.values() if stage in m["accuracy"]]
+            if not values:
+                cells.append("n/a")
+                continue
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.4f} ± {sd:.4f}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/lab-seeds")
+    p.add_argument("overrides", nargs="*", help="lab.* and run-config overrides for every seed")
+    args = p.parse_args()
+    per_seed, seconds = {}, {}
+    for seed in args.seeds:
+        t0 = time.time()
+        out = Path(args.out) / f"seed{seed}"
+        run_lab(out, [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}",
+                      f"rl.seed={seed}", *args.overrides])
+        per_seed[seed] = read_json(out / "lab_metrics.json")
+        seconds[seed] = round(time.time() - t0, 1)
+    md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
+          f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n")
+    write_text(Path(args.out) / "seeds.md", md)
+    write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
+                                               "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
