@@ -8,8 +8,6 @@ must follow torch's seed.
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
