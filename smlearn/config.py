@@ -27,6 +27,7 @@ class ModelConfig:
     dtype: str = "auto"               # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
     device: str = "auto"
     chat_template: bool = False       # wrap prompts in the tokenizer's chat template
+    engine: str = "auto"              # generation: auto (smlearn's engine where supported), fast, or hf (HF generate)
 
 
 @dataclass
@@ -167,6 +168,8 @@ class RunConfig:
             raise ConfigError("model.name_or_path: required (a hub id or a local folder)")
         if not self.data.source:
             raise ConfigError("data.source: required (a JSONL file, a folder, or a hub dataset id)")
+        if self.model.engine not in ("auto", "fast", "hf"):
+            raise ConfigError(f"model.engine: '{self.model.engine}' is not one of auto, fast, hf")
         if self.rl.algorithm not in ("ppo", "grpo", "rloo"):
             raise ConfigError(f"rl.algorithm: '{self.rl.algorithm}' is not one of ppo, grpo, rloo")
         if self.rm.init not in ("sft", "base"):

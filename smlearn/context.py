@@ -64,3 +64,9 @@ def save_model(model, tokenizer, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def engine_options(run: Run):
+    from .generate.engine import EngineOptions
+
+    return EngineOptions(engine=run.config.model.engine)

@@ -90,13 +90,25 @@ class ChunkedJsonlWriter:
     an uninterrupted one. `finish()` renames the partial file to its final name.
     """
 
-    def __init__(self, final_path: str | Path, chunk_sizes: list[int], chunk_key: str = "chunk"):
+    def __init__(self, final_path: str | Path, chunk_sizes: list[int], chunk_key: str = "chunk",
+                 fingerprint: str | None = None):
         self.final_path = Path(final_path)
         self.partial_path = self.final_path.with_name(self.final_path.name + ".partial")
+        self.fingerprint_path = self.final_path.with_name(self.final_path.name + ".partial.fingerprint")
         self.chunk_key = chunk_key
         self.chunk_sizes = chunk_sizes
         self.done_chunks: set[int] = set()
+        self._discard_if_other_config(fingerprint)
         self._recover()
+
+    def _discard_if_other_config(self, fingerprint: str | None) -> None:
+        """Rows written under another config (or chunking) are never resumed into this one."""
+        key = f"{fingerprint}:{self.chunk_sizes}"
+        old = self.fingerprint_path.read_text() if self.fingerprint_path.exists() else None
+        if self.partial_path.exists() and old != key:
+            print(f"[smlearn] {self.partial_path.name}: made with other settings; starting it afresh", flush=True)
+            self.partial_path.unlink()
+        _atomic_write_text(self.fingerprint_path, key)
 
     def _recover(self) -> None:
         if not self.partial_path.exists():
@@ -147,4 +159,5 @@ class ChunkedJsonlWriter:
             r.pop(self.chunk_key, None)
         write_jsonl(self.final_path, rows)
         self.partial_path.unlink(missing_ok=True)
+        self.fingerprint_path.unlink(missing_ok=True)
         return rows

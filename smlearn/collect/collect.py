@@ -12,17 +12,17 @@ import time
 from .. import context
 from ..evaluate.extract import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
-from ..rundir import Run
+from ..rundir import Run, fingerprint
 from ..generate.engine import SamplingParams, generate_texts
 from .levels import assign_level, build_pairs, build_sft, collect_stats, heldout_questions
 
 
-def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg) -> list[dict]:
+def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg, options=None) -> list[dict]:
     prompts = [builder.final_answer(by_id[r["question_id"]].question, r["rationale"]) for r in rows]
     params = SamplingParams(max_new_tokens=cfg.answer_max_new_tokens, do_sample=False,
                             stop_strings=("\n",))
     outs = generate_texts(model, tokenizer, prompts, params, batch_size=len(prompts),
-                          labels=[f"rationale {r['id']}" for r in rows], progress=False)
+                          labels=[f"rationale {r['id']}" for r in rows], progress=False, options=options)
     judged = []
     for r, out in zip(rows, outs):
         ex = by_id[r["question_id"]]
@@ -48,12 +48,13 @@ def collect(run: Run, progress: bool = True) -> dict:
 
     # Longest prompts first, fixed order: chunks are reproducible across resumes.
     sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
-    writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes)
+    writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=fingerprint(run.config, "collect"))
     bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)
     for c, start in enumerate(range(0, len(rationales), cfg.batch_size)):
         if c not in writer.done_chunks:
             writer.write_chunk(c, _judge_chunk(model, tokenizer, builder, by_id,
-                                               rationales[start:start + cfg.batch_size], cfg))
+                                               rationales[start:start + cfg.batch_size], cfg,
+                                               context.engine_options(run)))
         bar.update(sizes[c])
     bar.close()
     judged = writer.finish()

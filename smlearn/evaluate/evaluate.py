@@ -31,7 +31,7 @@ def evaluate_stage(run: Run, stage: str, progress: bool = True) -> dict:
     t0 = time.time()
     completions = generate_texts(model, tokenizer, prompts, params, batch_size=cfg.batch_size,
                                  labels=[f"test question id {e.id}" for e in items],
-                                 desc=f"eval {stage}", progress=progress)
+                                 desc=f"eval {stage}", progress=progress, options=context.engine_options(run))
     seconds = time.time() - t0
     result = score_predictions(items, {e.id: c for e, c in zip(items, completions)}, trigger=builder.trigger)
     rows = [{"id": s.id, "completion": c, "prediction": s.prediction, "gold": s.gold, "correct": s.correct}

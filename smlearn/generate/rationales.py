@@ -22,7 +22,7 @@ from .. import context
 from ..data import Example
 from ..io import ChunkedJsonlWriter
 from ..prompts import STOP_STRINGS, split_rationale
-from ..rundir import Run
+from ..rundir import Run, fingerprint
 from .candidates import n_wrong_candidates, wrong_candidates
 from .engine import SamplingParams, check_context, generate_texts
 from ..evaluate.extract import extract_answer
@@ -54,12 +54,13 @@ def _chunks(n: int, size: int) -> list[int]:
     return [min(size, n - i) for i in range(0, n, size)]
 
 
-def _sample_chunk(model, tokenizer, builder, by_id, requests, params, seed, chunk) -> list[dict]:
+def _sample_chunk(model, tokenizer, builder, by_id, requests, params, seed, chunk, options=None) -> list[dict]:
     prompts = [builder.cot(by_id[r.question_id].question) if r.source == "free"
                else builder.hint(by_id[r.question_id].question, r.candidate) for r in requests]
     torch.manual_seed(seed * 1_000_003 + chunk)  # per-chunk seed: resumed runs match uninterrupted ones
     texts = generate_texts(model, tokenizer, prompts, params, batch_size=len(prompts),
-                           labels=[f"question id {r.question_id}" for r in requests], progress=False)
+                           labels=[f"question id {r.question_id}" for r in requests], progress=False,
+                           options=options)
     rows = []
     for r, text in zip(requests, texts):
         ex = by_id[r.question_id]
@@ -77,14 +78,14 @@ def _sample_chunk(model, tokenizer, builder, by_id, requests, params, seed, chun
     return rows
 
 
-def _run_chunks(writer, model, tokenizer, builder, by_id, requests, params, cfg, offset, bar) -> None:
+def _run_chunks(writer, model, tokenizer, builder, by_id, requests, params, cfg, offset, bar, options) -> None:
     for c, start in enumerate(range(0, len(requests), cfg.batch_size)):
         chunk = offset + c
         if chunk in writer.done_chunks:
             bar.update(writer.chunk_sizes[chunk])
             continue
         rows = _sample_chunk(model, tokenizer, builder, by_id, requests[start:start + cfg.batch_size],
-                             params, cfg.seed, chunk)
+                             params, cfg.seed, chunk, options)
         writer.write_chunk(chunk, rows)
         bar.update(len(rows))
 
@@ -106,11 +107,13 @@ def generate(run: Run, progress: bool = True) -> dict:
     # Fail before sampling anything if a prompt cannot fit the model's context.
     check_context(tokenizer, model, [builder.hint(e.question, e.answer) for e in items],
                   [f"question id {e.id}" for e in items], cfg.max_new_tokens)
-    writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), free_chunks + hinted_chunks)
+    writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), free_chunks + hinted_chunks,
+                                fingerprint=fingerprint(run.config, "generate"))
     bar = tqdm(total=n_free + n_hinted, desc="generate rationales", disable=not progress)
 
     # Phase 1: free CoT samples (they also supply wrong candidates for numbers and text).
-    _run_chunks(writer, model, tokenizer, builder, by_id, free_requests(items, cfg.samples_free), params, cfg, 0, bar)
+    _run_chunks(writer, model, tokenizer, builder, by_id, free_requests(items, cfg.samples_free), params, cfg, 0, bar,
+                context.engine_options(run))
     free_answers: dict[str, list] = {e.id: [] for e in items}
     for row in writer.rows():
         if row["source"] == "free":
@@ -119,7 +122,7 @@ def generate(run: Run, progress: bool = True) -> dict:
     rng = random.Random(cfg.seed)
     wrong = {e.id: wrong_candidates(e, cfg.max_wrong_candidates, free_answers[e.id], rng) for e in items}
     _run_chunks(writer, model, tokenizer, builder, by_id, hinted_requests(items, wrong, cfg), params, cfg,
-                len(free_chunks), bar)
+                len(free_chunks), bar, context.engine_options(run))
     bar.close()
     rows = writer.finish()
     summary = {"questions": len(items), "rationales": len(rows), "free": n_free, "hinted": n_hinted,

@@ -73,6 +73,8 @@ class LabSettings:
 
 
 DATA_FIELDS = ("tasks", "n_train", "n_test", "seed")
+# The base model does not depend on how many questions SML trains and tests on.
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(LabSettings) if f.name not in ("n_train", "n_test"))
 
 
 def cache_root() -> Path:
@@ -129,7 +131,7 @@ def ensure_base_model(settings: LabSettings, progress: bool = True) -> Path:
 
     from ..models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama
 
-    folder = cache_root() / "lab" / f"base-{settings.key()}"
+    folder = cache_root() / "lab" / f"base-{settings.key(*MODEL_FIELDS)}"
     if (folder / "model.safetensors").exists():
         return folder
     t0 = time.time()
