@@ -39,7 +39,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def _check_model_path(name_or_path: str) -> None:
     """A path-looking name that does not exist is a user error, not a hub lookup."""
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 2)[-1]
+    # Hub ids are "name" or "org/name"; anything rooted or with more parts is a path.
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     p = Path(name_or_path).expanduser()
     if looks_local and not p.exists():
         raise SmlearnError(f"model path not found: {name_or_path}")
