@@ -9,7 +9,6 @@ the whole lab, and the table is printed and written to <out>/seeds.md and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

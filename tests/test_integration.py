@@ -5,7 +5,6 @@ Checks each artifact's content against the rules that produced it, not only its 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -89,7 +88,7 @@ def test_collection(finished_run):
 
 def test_trained_models_and_rl_log(finished_run):
     name, data, out = finished_run
-    base_params = dict(load_causal_lm(json.loads(json.dumps(str(out / "sft" / "model")))).named_parameters())
+    base_params = dict(load_causal_lm(str(out / "sft" / "model")).named_parameters())
     rl_params = dict(load_causal_lm(str(out / "rl" / "model")).named_parameters())
     assert any(not (base_params[k] == rl_params[k]).all() for k in base_params), "RL did not change the policy"
     rm = json.loads((out / "rm" / "metrics.json").read_text())

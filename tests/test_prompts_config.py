@@ -53,7 +53,7 @@ def test_chat_template_prompts(tiny_base):
 
 
 def test_user_exemplar_file():
-    path = bench("few_shot_cot_prompts.json") if False else bench("gsm8k").parent / "few_shot_cot_prompts.json"
+    path = bench("gsm8k").parent / "few_shot_cot_prompts.json"
     shots = load_exemplars(str(path), "gsm8k", "number", "The answer is")
     assert len(shots) == 8 and shots[0].answer == "6" and shots[0].question.startswith("There are 15 trees")
     with pytest.raises(DataError, match="key 'nope' not found"):

@@ -236,13 +236,17 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
 
 def oracle_sft_rows(run) -> list[dict[str, Any]]:
     """Clean reference rationales of the training questions, in the SFT stage's format."""
+    from .. import context
     from ..io import read_jsonl
+    from ..models import load_tokenizer
     from ..prompts import completion_text
 
     rows = read_jsonl(Path(run.config.data.source) / "train.jsonl")
-    trigger = run.config.prompts.trigger
-    return [{"question_id": r["id"], "prompt": f"Q: {r['question']}\nA:",
-             "completion": completion_text(r["rationale"], r["answer"], trigger)} for r in rows]
+    # The same zero-shot prompt the SFT stage trains on (PromptBuilder, not a copy of its format).
+    builder = context.prompt_builder(run, load_tokenizer(context.model_path(run, "base")), "mixed")
+    few_shot = run.config.prompts.eval_few_shot_after_training
+    return [{"question_id": r["id"], "prompt": builder.cot(r["question"], few_shot=few_shot),
+             "completion": completion_text(r["rationale"], r["answer"], builder.trigger)} for r in rows]
 
 
 def pretrain_command(overrides: list[str] | None = None) -> None:
