@@ -57,9 +57,10 @@ def stage_sections(stage: str) -> list[str]:
     return sections
 
 
-def fingerprint(config: RunConfig, stage: str) -> str:
+def fingerprint(config: RunConfig, stage: str, sections: list[str] | None = None) -> str:
+    """Hash of the config sections `stage` depends on (or of `sections`, for work outside STAGES)."""
     data = asdict(config)
-    relevant = {s: _strip_neutral(data[s]) for s in stage_sections(stage)}
+    relevant = {s: _strip_neutral(data[s]) for s in (sections or stage_sections(stage))}
     blob = json.dumps(relevant, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

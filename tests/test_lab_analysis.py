@@ -336,3 +336,39 @@ def test_missing_artifacts_are_left_out(fake_run, tmp_path):
     assert read_json(run.path("metrics.json"))["lab"]["stages"] == ["base"]
     write_lab_report(run, m)                          # no report.md yet: created with the section only
     assert run.path("report.md").read_text().startswith(MARKER_BEGIN)
+
+
+# --------------------------------------------------------------------------
+# The oracle's own fingerprint (it lives outside the run's STAGES)
+# --------------------------------------------------------------------------
+
+def test_oracle_is_redone_when_its_config_changes(tmp_path, monkeypatch):
+    """Bookkeeping only: training and evaluation are recorders here (test_integration trains for real)."""
+    import smlearn.evaluate.evaluate as evaluate_module
+    import smlearn.train.sft as sft_module
+    from smlearn.lab import default
+
+    calls = []
+
+    def fake_train(run, rows, name, progress):
+        calls.append(("train", run.config.sft.learning_rate))
+        write_json(run.path(name, "model", "marker.json"), {"lr": run.config.sft.learning_rate})
+
+    def fake_eval(run, stage, progress):
+        calls.append(("eval", stage))
+        metrics = {"accuracy": run.config.sft.learning_rate}
+        write_json(run.path("eval", stage, "metrics.json"), metrics)
+        return metrics
+
+    monkeypatch.setattr(sft_module, "fine_tune_base", fake_train)
+    monkeypatch.setattr(evaluate_module, "evaluate_stage", fake_eval)
+    monkeypatch.setattr(default, "oracle_sft_rows", lambda run: [])
+    run = Run(tmp_path, RunConfig())
+    assert default._oracle(run, False)["accuracy"] == run.config.sft.learning_rate
+    assert default._oracle(run, False)["accuracy"] == run.config.sft.learning_rate      # reused
+    assert calls == [("train", run.config.sft.learning_rate), ("eval", "oracle")]
+    changed = Run(tmp_path, RunConfig())
+    changed.config.sft.learning_rate = 0.5
+    assert default._oracle(changed, False)["accuracy"] == 0.5                              # redone, not reused
+    assert calls[2:] == [("train", 0.5), ("eval", "oracle")]
+    assert read_json(changed.path("oracle", "model", "marker.json")) == {"lr": 0.5}

@@ -307,3 +307,30 @@ def test_split_answer_takes_first_trigger_and_cuts_next_question():
     assert body.strip() == "2 + 2 = 4." and stated.value == "4"
     _, stated = split_answer("The answer is a red ball.", "choice", {"A": "blue ball", "B": "red ball"})
     assert stated.value == "B"   # "a red ball" is not option A
+
+
+def test_pretraining_windows_start_at_documents_and_train_on_answers():
+    """Every document starts right after an EOS, so a window from it sees its whole question;
+    with loss_on="answer" only the solution after "\nA:" (and its EOS) carries labels."""
+    from smlearn.lab.pretrain import token_stream
+
+    class Tok:
+        eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
+
+    texts = ["Q: a\nA: b", "Q: cc\nA: dd", "Q: e\nHint: the answer is 3.\nA: f g"]
+    stream, labels, starts = token_stream(texts, Tok(), seed=3, loss_on="answer")
+    assert len(starts) == 3 and stream.tolist().count(0) == 3
+    docs = {}
+    for s in starts.tolist():
+        assert stream[s].item() == ord("Q") and (s == 0 or stream[s - 1].item() == 0)
+        end = stream.tolist().index(0, s)
+        text = "".join(chr(i) for i in stream[s:end].tolist())
+        trained = "".join(chr(i) for i in labels[s:end].tolist() if i != -100)
+        docs[text] = trained
+        assert labels[end].item() == 0                     # EOS is learned: the model must stop
+    assert docs == {"Q: a\nA: b": " b", "Q: cc\nA: dd": " dd", "Q: e\nHint: the answer is 3.\nA: f g": " f g"}
+    _, all_labels, _ = token_stream(texts, Tok(), seed=3, loss_on="all")
+    assert (all_labels == stream).all()

@@ -53,8 +53,9 @@ class LabSettings:
     n_test: int = 100                  # test questions per task
     corpus_per_task: int = 5000        # pretraining worked solutions per task
     hinted_fraction: float = 0.5       # share of the corpus in the answer-hinted format
+    copy_drill_fraction: float = 0.5   # extra "Repeat:" documents (a question copied verbatim), per corpus document
     flaw_rates: dict[str, dict[str, float]] = field(default_factory=_default_flaw_rates)
-    vocab_size: int = 512
+    vocab_size: int = 1024
     hidden_size: int = 128
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -64,6 +65,8 @@ class LabSettings:
     pretrain_batch_size: int = 16
     pretrain_seq_len: int = 256
     pretrain_lr: float = 3e-3
+    pretrain_window_start: str = "document"   # windows begin at a document start: answers see their question
+    pretrain_loss_on: str = "answer"          # train on the worked solutions, not on the random questions
     seed: int = 0
 
     def key(self, *fields: str) -> str:
@@ -122,6 +125,11 @@ def corpus_texts(settings: LabSettings) -> tuple[list[str], dict[str, Any]]:
             else:
                 texts.append(f"Q: {e['question']}\nA: {rationale}")
         stats[task] = {k: v / len(entries) for k, v in sorted(counts.items())}
+        # Copy drills: every solution starts by restating the question's facts, which a
+        # tiny model learns only once it has induction (copying) heads; documents that
+        # are nothing but a copy give that skill a strong, clean signal early on.
+        n_drills = round(settings.copy_drill_fraction * len(entries))
+        texts += [f"Repeat: {e['question']}\nA: {e['question']}" for e in rng.sample(entries, n_drills)]
     return texts, stats
 
 
@@ -143,7 +151,9 @@ def ensure_base_model(settings: LabSettings, progress: bool = True) -> Path:
                          intermediate_size=settings.intermediate_size, max_position_embeddings=settings.context)
     model = build_tiny_llama(tokenizer, spec, seed=settings.seed)
     cfg = PretrainConfig(steps=settings.pretrain_steps, batch_size=settings.pretrain_batch_size,
-                         seq_len=settings.pretrain_seq_len, learning_rate=settings.pretrain_lr, seed=settings.seed)
+                         seq_len=settings.pretrain_seq_len, learning_rate=settings.pretrain_lr,
+                         window_start=settings.pretrain_window_start, loss_on=settings.pretrain_loss_on,
+                         seed=settings.seed)
     losses = pretrain(model, tokenizer, texts, cfg, progress=progress)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -207,17 +217,11 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
             progress: bool = True):
     """The default job: lab data and base model (cached), SML pipeline, oracle, lab analysis."""
     from .. import pipeline
-    from ..evaluate.evaluate import evaluate_stage
-    from ..train.sft import fine_tune_base
     t0 = time.time()
     config, settings = default_lab_config(overrides, progress)
     t_base = time.time() - t0
     run = pipeline.run(config, out, force=force, progress=progress)
-    oracle_rows = oracle_sft_rows(run)
-    if not run.path("oracle", "model").exists():
-        fine_tune_base(run, oracle_rows, "oracle", progress)
-    oracle_metrics = run.path("eval", "oracle", "metrics.json")
-    metrics = read_json(oracle_metrics) if oracle_metrics.exists() else evaluate_stage(run, "oracle", progress)
+    metrics = _oracle(run, progress)
     print(f"[smlearn] oracle (SFT on clean reference rationales): accuracy {metrics['accuracy']:.4f}")
     from .analysis import analyze, write_lab_report
 
@@ -232,6 +236,33 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
     write_lab_report(run, lab_metrics)
     print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {Path(out) / 'report.md'}")
     return run
+
+
+# The oracle depends on the base model, the data, the prompts and the SFT and eval settings.
+ORACLE_SECTIONS = ["model", "data", "prompts", "sft", "eval"]
+
+
+def _oracle(run, progress: bool) -> dict[str, Any]:
+    """Train (or reuse) the oracle model and evaluate it; redone when its config changed.
+
+    The oracle lives outside the run's STAGES, so it keeps its own fingerprint
+    (oracle/fingerprint.json): a changed config never reuses an old oracle.
+    """
+    from ..evaluate.evaluate import evaluate_stage
+    from ..rundir import fingerprint
+    from ..train.sft import fine_tune_base
+
+    stamp = run.path("oracle", "fingerprint.json")
+    current = fingerprint(run.config, "oracle", ORACLE_SECTIONS)
+    metrics_path = run.path("eval", "oracle", "metrics.json")
+    if stamp.exists() and read_json(stamp).get("fingerprint") == current and metrics_path.exists():
+        return read_json(metrics_path)
+    shutil.rmtree(run.path("oracle"), ignore_errors=True)
+    shutil.rmtree(run.path("eval", "oracle"), ignore_errors=True)
+    fine_tune_base(run, oracle_sft_rows(run), "oracle", progress)
+    metrics = evaluate_stage(run, "oracle", progress)
+    write_json(stamp, {"fingerprint": current})   # last: a killed oracle run is redone
+    return metrics
 
 
 def oracle_sft_rows(run) -> list[dict[str, Any]]:

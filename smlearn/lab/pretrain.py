@@ -1,8 +1,17 @@
 """Pretraining a tiny causal LM from scratch on a text corpus (the reasoning lab's base model).
 
 Documents are joined with EOS into one token stream and the model is trained
-on random windows of it (next-token prediction), with AdamW and a cosine
-schedule. Small and plain on purpose: the lab's base model must be built
+on windows of it (next-token prediction), with AdamW and a cosine schedule.
+Windows start at a document's first token (`window_start="document"`), so
+every answer token sees its whole question: a window that starts mid-document
+would train the model to write a rationale for a question it cannot see, i.e.
+to invent the numbers and names it should copy. (`"random"` starts anywhere,
+the usual LM pretraining recipe.) With `loss_on="answer"` the loss counts
+only the tokens after each document's "\nA:" (the worked solution and its
+EOS): the questions are random draws (names, numbers) whose tokens cannot be
+predicted, and their large, noisy gradients would otherwise drown the
+copying and computing the solutions need. The question is tokenized on its
+own, exactly as the pipeline's prompt "Q: ...\nA:" is. Small and plain on purpose: the lab's base model must be built
 offline, in minutes, on a CPU.
 """
 from __future__ import annotations
@@ -23,16 +32,36 @@ class PretrainConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.01
+    window_start: str = "document"     # "document" | "random"
+    loss_on: str = "answer"            # "answer" (tokens after "\nA:") | "all"
     seed: int = 0
 
 
-def token_stream(texts: list[str], tokenizer, seed: int = 0) -> torch.Tensor:
+ANSWER_MARK = "\nA:"
+
+
+def token_stream(texts: list[str], tokenizer, seed: int = 0,
+                 loss_on: str = "all") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shuffled documents joined by EOS: (token ids, labels, offset where each document starts).
+
+    labels equal the ids, except that with loss_on="answer" each document's
+    prompt (up to and including "\nA:") is -100, i.e. not trained on.
+    """
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     ids: list[int] = []
+    labels: list[int] = []
+    starts: list[int] = []
     for t in texts:
-        ids += tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return torch.tensor(ids, dtype=torch.long)
+        starts.append(len(ids))
+        cut = t.find(ANSWER_MARK)
+        prompt, answer = (t[:cut + len(ANSWER_MARK)], t[cut + len(ANSWER_MARK):]) if cut >= 0 else ("", t)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
+        answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        ids += prompt_ids + answer_ids
+        labels += ([-100] * len(prompt_ids) if loss_on == "answer" else prompt_ids) + answer_ids
+    return (torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long),
+            torch.tensor(starts, dtype=torch.long))
 
 
 def _lr(step: int, cfg: PretrainConfig) -> float:
@@ -45,8 +74,13 @@ def _lr(step: int, cfg: PretrainConfig) -> float:
 def pretrain(model, tokenizer, texts: list[str], cfg: PretrainConfig, progress: bool = True) -> list[float]:
     """Train `model` in place on `texts`; returns the loss per step."""
     torch.manual_seed(cfg.seed)
-    stream = token_stream(texts, tokenizer, cfg.seed)
+    if cfg.window_start not in ("document", "random"):
+        raise ValueError(f"window_start must be 'document' or 'random', got {cfg.window_start!r}")
+    if cfg.loss_on not in ("answer", "all"):
+        raise ValueError(f"loss_on must be 'answer' or 'all', got {cfg.loss_on!r}")
+    stream, label_stream, doc_starts = token_stream(texts, tokenizer, cfg.seed, cfg.loss_on)
     seq_len = min(cfg.seq_len, len(stream) - 1)
+    doc_starts = doc_starts[doc_starts < len(stream) - seq_len - 1]
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             betas=(0.9, 0.95))
@@ -55,11 +89,17 @@ def pretrain(model, tokenizer, texts: list[str], cfg: PretrainConfig, progress: 
     model.train()
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
     for step in bar:
-        starts = torch.randint(0, len(stream) - seq_len - 1, (cfg.batch_size,), generator=gen)
-        batch = torch.stack([stream[s:s + seq_len + 1] for s in starts]).to(device)
+        if cfg.window_start == "document":
+            starts = doc_starts[torch.randint(0, len(doc_starts), (cfg.batch_size,), generator=gen)]
+        else:
+            starts = torch.randint(0, len(stream) - seq_len - 1, (cfg.batch_size,), generator=gen)
+        batch = torch.stack([stream[s:s + seq_len] for s in starts]).to(device)
+        labels = torch.stack([label_stream[s:s + seq_len] for s in starts]).to(device)
+        if not (labels[:, 1:] != -100).any():
+            continue        # only prompt tokens in these windows (random starts): nothing to learn
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        out = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone())
+        out = model(input_ids=batch, labels=labels)
         # HF shifts labels internally: logits at t predict token t+1 of the same window.
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
