@@ -93,7 +93,8 @@ def tiny_base(tmp_path_factory) -> Path:
     model = build_tiny_llama(tok, TinyLlamaSpec(hidden_size=64, num_hidden_layers=2, intermediate_size=128,
                                                 max_position_embeddings=1024), seed=0)
     pretrain(model, tok, texts + exemplar_text, PretrainConfig(steps=200, batch_size=16, seq_len=128,
-                                                               learning_rate=3e-3), progress=False)
+                                                               learning_rate=3e-3, window_start="random",
+                                                               loss_on="all"), progress=False)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out

@@ -54,7 +54,8 @@ def token_stream(texts: list[str], tokenizer, seed: int = 0,
     starts: list[int] = []
     for t in texts:
         starts.append(len(ids))
-        cut = t.find(ANSWER_MARK)
+        cut = t.find(ANSWER_MARK) if loss_on == "answer" else -1
+        # loss_on="all" tokenizes each document whole, as plain LM pretraining does.
         prompt, answer = (t[:cut + len(ANSWER_MARK)], t[cut + len(ANSWER_MARK):]) if cut >= 0 else ("", t)
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
         answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
