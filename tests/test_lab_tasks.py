@@ -334,3 +334,14 @@ def test_pretraining_windows_start_at_documents_and_train_on_answers():
     assert docs == {"Q: a\nA: b": " b", "Q: cc\nA: dd": " dd", "Q: e\nHint: the answer is 3.\nA: f g": " f g"}
     _, all_labels, _ = token_stream(texts, Tok(), seed=3, loss_on="all")
     assert (all_labels == stream).all()
+
+
+@pytest.mark.parametrize("override, field", [("lab.pretrain_loss_on=everything", "lab.pretrain_loss_on"),
+                                             ("lab.pretrain_window_start=middle", "lab.pretrain_window_start"),
+                                             ("lab.copy_drill_fraction=2", "lab.copy_drill_fraction")])
+def test_bad_lab_settings_name_the_field(override, field):
+    from smlearn.errors import ConfigError
+    from smlearn.lab.default import split_overrides
+
+    with pytest.raises(ConfigError, match=field):
+        split_overrides([override])

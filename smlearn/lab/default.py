@@ -69,6 +69,12 @@ class LabSettings:
     pretrain_loss_on: str = "answer"          # train on the worked solutions, not on the random questions
     seed: int = 0
 
+    def pretrain_config(self) -> PretrainConfig:
+        return PretrainConfig(steps=self.pretrain_steps, batch_size=self.pretrain_batch_size,
+                              seq_len=self.pretrain_seq_len, learning_rate=self.pretrain_lr,
+                              window_start=self.pretrain_window_start, loss_on=self.pretrain_loss_on,
+                              seed=self.seed).validate(prefix="lab.pretrain_")
+
     def key(self, *fields: str) -> str:
         d = dataclasses.asdict(self)
         blob = json.dumps({k: d[k] for k in fields} if fields else d, sort_keys=True)
@@ -150,10 +156,7 @@ def ensure_base_model(settings: LabSettings, progress: bool = True) -> Path:
                          num_key_value_heads=settings.num_attention_heads,
                          intermediate_size=settings.intermediate_size, max_position_embeddings=settings.context)
     model = build_tiny_llama(tokenizer, spec, seed=settings.seed)
-    cfg = PretrainConfig(steps=settings.pretrain_steps, batch_size=settings.pretrain_batch_size,
-                         seq_len=settings.pretrain_seq_len, learning_rate=settings.pretrain_lr,
-                         window_start=settings.pretrain_window_start, loss_on=settings.pretrain_loss_on,
-                         seed=settings.seed)
+    cfg = settings.pretrain_config()
     losses = pretrain(model, tokenizer, texts, cfg, progress=progress)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -203,7 +206,13 @@ def split_overrides(overrides: list[str] | None) -> tuple[LabSettings, list[str]
     for k in lab:
         if k not in names:
             raise ConfigError(f"lab.{k}: unknown field (valid: {', '.join(sorted(names))})")
-    return LabSettings(**lab), rest
+    settings = LabSettings(**lab)
+    # Bad values fail here, before any data or model is built.
+    settings.pretrain_config()
+    for name in ("hinted_fraction", "copy_drill_fraction"):
+        if not 0.0 <= getattr(settings, name) <= 1.0:
+            raise ConfigError(f"lab.{name}: must be in [0, 1], got {getattr(settings, name)}")
+    return settings, rest
 
 
 def default_lab_config(overrides: list[str] | None = None, progress: bool = True):
