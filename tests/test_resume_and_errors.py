@@ -24,8 +24,10 @@ def smlearn(*args, cwd=None):
 
 
 def start(*args):
+    # Lower priority: on a busy machine the test's poller must see the first chunks and
+    # signal before the child has written every row (the run takes ~1 s of CPU).
     return subprocess.Popen([sys.executable, "-m", "smlearn", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
+                            stderr=subprocess.DEVNULL, env=ENV, preexec_fn=lambda: os.nice(10))
 
 
 def write_config(path: Path, cfg: dict) -> Path:
@@ -44,7 +46,7 @@ def _resume_config(tiny_base, data):
                                  "max_new_tokens": 16})
 
 
-def _wait_for_chunks(partial: Path, proc, n_lines: int, timeout: float = 120) -> None:
+def _wait_for_chunks(partial: Path, proc, n_lines: int, timeout: float = 300) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout and proc.poll() is None:
         if partial.exists() and partial.read_text().count("\n") >= n_lines:
@@ -62,7 +64,7 @@ def test_killed_generate_resumes_to_the_same_file(tmp_path, tiny_base, choice_sl
     killed = tmp_path / "killed"
     proc = start("run", "--config", str(cfg), "--out", str(killed), "--until", "generate")
     partial = killed / "rationales.jsonl.partial"
-    _wait_for_chunks(partial, proc, 8)   # two chunks of 4 of the 36 rows
+    _wait_for_chunks(partial, proc, 4)   # one chunk of 4 of the 36 rows
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert not (killed / "rationales.jsonl").exists(), "a killed run must not publish its artifact"
