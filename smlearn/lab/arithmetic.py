@@ -47,8 +47,16 @@ ADD_VERBS = ("buys", "finds", "gets")
 # The correct operation of each single-equation event kind.
 CORRECT_OP = {"give": "-", "lose": "-", "add": "+", "times": "*", "split": "/"}
 _COMMUTATIVE = {"+", "*"}
-# Amounts stay small so a few-M-parameter model can do the arithmetic.
-_MAX_VALUE = 200
+# Amounts stay small so a model of about a million parameters can learn every
+# equation it meets as a fact (numbers are single BPE tokens): the lab is about
+# choosing the right operation on the right operands, not about long arithmetic.
+_MAX_VALUE = 40
+_START = (3, 12)        # starting amount
+_K_MAX = 6              # largest amount added, given away or lost
+_BAGS_K = (2, 3)        # number of bags
+_BAGS_M = (2, 4)        # items per bag
+_TIMES = (2, 3)         # "k times as many"
+_SPLIT = (2, 4)         # "splits into k groups"
 
 
 @dataclass(frozen=True)
@@ -183,17 +191,17 @@ def _event_options(rng: random.Random, value: int, budget: int) -> list[dict]:
 
     Numbers in the question are >= 2 so that "k apples" always reads right.
     """
-    options = [{"kind": "add", "k": rng.randint(2, 15), "verb": rng.choice(ADD_VERBS)}]
+    options = [{"kind": "add", "k": rng.randint(2, _K_MAX), "verb": rng.choice(ADD_VERBS)}]
     if value >= 3:
-        top = min(value - 1, 15)
+        top = min(value - 1, _K_MAX)
         options.append({"kind": "give", "k": rng.randint(2, top)})
         options.append({"kind": "lose", "k": rng.randint(2, top)})
     if budget >= 2:
-        options.append({"kind": "bags", "k": rng.randint(2, 5), "m": rng.randint(2, 6)})
-    divisors = [d for d in range(2, 6) if value % d == 0 and value // d >= 2]
+        options.append({"kind": "bags", "k": rng.randint(*_BAGS_K), "m": rng.randint(*_BAGS_M)})
+    divisors = [d for d in range(_SPLIT[0], _SPLIT[1] + 1) if value % d == 0 and value // d >= 2]
     if divisors:
         options.append({"kind": "split", "k": rng.choice(divisors)})
-    factors = [k for k in range(2, 5) if value * k <= _MAX_VALUE]
+    factors = [k for k in range(_TIMES[0], _TIMES[1] + 1) if value * k <= _MAX_VALUE]
     if factors:
         options.append({"kind": "times", "k": rng.choice(factors)})
     return [ev for ev in options if _event_value(value, ev) <= _MAX_VALUE]
@@ -210,7 +218,7 @@ def _event_value(value: int, ev: dict) -> int:
 def _random_meta(rng: random.Random) -> dict:
     name, pronoun, possessive = rng.choice(PEOPLE)
     meta = {"name": name, "pronoun": pronoun, "possessive": possessive, "item": rng.choice(ITEMS),
-            "start": rng.randint(4, 30), "events": []}
+            "start": rng.randint(*_START), "events": []}
     budget = rng.randint(2, 4)   # equations
     value, n_eq = meta["start"], 0
     # At least two events, so every problem has a step to skip and a pair to swap.

@@ -1,6 +1,6 @@
 """Coin flips (the coin-flip symbolic-reasoning task analogue), kind "yes_no".
 
-A coin starts heads (or tails) up; 2-5 people each flip it ("flips the coin",
+A coin starts heads (or tails) up; 2-4 people each flip it ("flips the coin",
 "turns the coin over") or not ("does not flip the coin"); the question asks
 whether it is still the side it started on.
 
@@ -35,6 +35,7 @@ TURN_OVER = "turns the coin over"
 NO_FLIP = "does not flip the coin"
 PHRASES = (FLIP, TURN_OVER, NO_FLIP)
 SIDES = ("heads", "tails")
+N_ACTIONS = (2, 4)   # people acting on the coin
 
 
 def _other(side: str) -> str:
@@ -97,7 +98,7 @@ def _question(meta: dict) -> str:
 
 
 def _random_meta(rng: random.Random) -> dict:
-    people = rng.sample(PEOPLE, rng.randint(2, 5))
+    people = rng.sample(PEOPLE, rng.randint(*N_ACTIONS))
     actions = [[p, rng.choices(PHRASES, weights=(0.35, 0.15, 0.5))[0]] for p in people]
     return {"start": rng.choice(SIDES), "actions": actions}
 

@@ -36,13 +36,18 @@ from .pretrain import PretrainConfig, pretrain
 from .tasks import build_corpus, get_task
 
 
+# Bumped whenever the task generators or the corpus format change, so that a
+# cached dataset or base model built by older code is never reused.
+LAB_VERSION = 2
+
+
 def _default_flaw_rates() -> dict[str, dict[str, float]]:
     # Misconceptions are systematic (the corpus applies the wrong rule more often
     # than not where it fits), so greedy decoding learns them; slips are noise.
     return {
-        "arithmetic": {"misc_give_adds": 0.30, "misc_times_adds": 0.20, "slip": 0.08, "wrong_copy": 0.04},
-        "objects": {"misc_trade_ignored": 0.30, "misc_switch_one_way": 0.15, "slip": 0.08},
-        "coins": {"misc_noflip_flips": 0.35, "misc_turnover_ignored": 0.20, "slip": 0.08},
+        "arithmetic": {"misc_give_adds": 0.30, "misc_times_adds": 0.20, "slip": 0.04, "wrong_copy": 0.02},
+        "objects": {"misc_trade_ignored": 0.30, "misc_switch_one_way": 0.15, "slip": 0.04},
+        "coins": {"misc_noflip_flips": 0.35, "misc_turnover_ignored": 0.20, "slip": 0.04},
     }
 
 
@@ -61,7 +66,7 @@ class LabSettings:
     num_attention_heads: int = 4
     intermediate_size: int = 384
     context: int = 512
-    pretrain_steps: int = 700
+    pretrain_steps: int = 1000
     pretrain_batch_size: int = 16
     pretrain_seq_len: int = 256
     pretrain_lr: float = 3e-3
@@ -77,7 +82,8 @@ class LabSettings:
 
     def key(self, *fields: str) -> str:
         d = dataclasses.asdict(self)
-        blob = json.dumps({k: d[k] for k in fields} if fields else d, sort_keys=True)
+        d["lab_version"] = LAB_VERSION
+        blob = json.dumps({k: d[k] for k in (*fields, "lab_version")} if fields else d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

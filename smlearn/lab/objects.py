@@ -1,6 +1,6 @@
 """Tracking shuffled objects (a BIG-bench analogue), kind "choice".
 
-Three people each hold an item; 2-4 times two of them swap (the question says
+Three people each hold an item; 2-3 times two of them swap (the question says
 "swap", "trade" or "switch"); the question asks what one person holds at the
 end. The choices are the three items in the order they were first handed out.
 
@@ -38,6 +38,7 @@ PEOPLE = ("Alice", "Bob", "Claire", "Dave", "Eve", "Fred", "Gina", "Hank", "Ivy"
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink", "brown")
 THINGS = (("ball", "balls"), ("present", "presents"), ("hat", "hats"))
 VERBS = ("swap", "trade", "switch")
+N_SWAPS = (2, 3)   # swaps per game: every one restates all three holders, so rationales grow fast
 LETTERS = "ABC"
 _ORDINALS = {2: ("First", "Finally"), 3: ("First", "Then", "Finally"), 4: ("First", "Then", "Then", "Finally")}
 
@@ -127,7 +128,7 @@ def _random_meta(rng: random.Random) -> dict:
     singular, plural = rng.choice(THINGS)
     pairs = [(0, 1), (0, 2), (1, 2)]
     swaps = []
-    for _ in range(rng.randint(2, 4)):
+    for _ in range(rng.randint(*N_SWAPS)):
         i, j = rng.choice(pairs)
         if rng.random() < 0.5:   # either person may be named first
             i, j = j, i
