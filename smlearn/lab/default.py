@@ -36,9 +36,12 @@ from .pretrain import PretrainConfig, pretrain
 from .tasks import build_corpus, get_task
 
 
+# Random errors (as opposed to misconceptions): they appear only in the free CoT format.
+NOISE_FLAWS = frozenset({"slip", "wrong_copy"})
+
 # Bumped whenever the task generators or the corpus format change, so that a
 # cached dataset or base model built by older code is never reused.
-LAB_VERSION = 2
+LAB_VERSION = 3
 
 
 def _default_flaw_rates() -> dict[str, dict[str, float]]:
@@ -57,7 +60,7 @@ class LabSettings:
     n_train: int = 150                 # training questions per task (SML's dataset: answers only are used)
     n_test: int = 100                  # test questions per task
     corpus_per_task: int = 5000        # pretraining worked solutions per task
-    hinted_fraction: float = 0.5       # share of the corpus in the answer-hinted format
+    hinted_fraction: float = 0.5       # share of clean and misconception solutions in the answer-hinted format
     copy_drill_fraction: float = 0.5   # extra "Repeat:" documents (a question copied verbatim), per corpus document
     flaw_rates: dict[str, dict[str, float]] = field(default_factory=_default_flaw_rates)
     vocab_size: int = 1024
@@ -66,7 +69,7 @@ class LabSettings:
     num_attention_heads: int = 4
     intermediate_size: int = 384
     context: int = 512
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 1500
     pretrain_batch_size: int = 16
     pretrain_seq_len: int = 256
     pretrain_lr: float = 3e-3
@@ -130,9 +133,12 @@ def corpus_texts(settings: LabSettings) -> tuple[list[str], dict[str, Any]]:
             rationale = e["rationale"]
             if not rationale.endswith(answer_sentence):
                 rationale = f"{rationale} {answer_sentence}"
-            if rng.random() < settings.hinted_fraction:
+            if e["flaw"] not in NOISE_FLAWS and rng.random() < settings.hinted_fraction:
                 # Rationalization format: the hint is the answer this rationale reaches,
-                # so a wrong hint teaches a flawed rationale that arrives at it.
+                # so a wrong hint teaches a flawed rationale that arrives at it. Only
+                # systematic flaws (misconceptions) go hinted: a hinted slip would teach
+                # the model to bend its arithmetic until it lands on any hint, and then
+                # its gold-hinted rationales reach the gold answer through false steps.
                 texts.append(f"Q: {e['question']}\nHint: the answer is {e['answer']}.\nA: {rationale}")
             else:
                 texts.append(f"Q: {e['question']}\nA: {rationale}")
