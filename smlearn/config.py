@@ -7,6 +7,7 @@ errors naming the dotted field, so a typo never silently falls back to a default
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass
@@ -229,6 +232,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            # YAML 1.1 reads "1e-4" (no dot in the mantissa) as a string; it is a number.
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:

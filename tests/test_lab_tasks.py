@@ -345,3 +345,24 @@ def test_bad_lab_settings_name_the_field(override, field):
 
     with pytest.raises(ConfigError, match=field):
         split_overrides([override])
+
+
+def test_hinted_documents_carry_only_systematic_flaws():
+    """Slips and wrong copies appear only in free CoT documents; every hinted document's
+    rationale is clean or a misconception, and reaches the answer its hint gives."""
+    from smlearn.lab.default import NOISE_FLAWS, LabSettings, corpus_texts
+
+    rates = {"arithmetic": {"slip": 0.3, "wrong_copy": 0.2, "misc_give_adds": 0.3}}
+    settings = LabSettings(tasks=["arithmetic"], corpus_per_task=600, hinted_fraction=1.0,
+                           copy_drill_fraction=0.0, flaw_rates=rates)
+    texts, stats = corpus_texts(settings)
+    corpus = build_corpus("arithmetic", 600, settings.seed, rates["arithmetic"])
+    by_question = {e["question"]: e for e in corpus}
+    hinted = [t for t in texts if "\nHint: " in t]
+    assert len(hinted) == sum(e["flaw"] not in NOISE_FLAWS for e in corpus) > 0
+    for text in texts:
+        entry = by_question[text.split("\n")[0][len("Q: "):]]
+        assert ("\nHint: " in text) == (entry["flaw"] not in NOISE_FLAWS)
+        if "\nHint: " in text:
+            assert f"Hint: the answer is {entry['answer']}." in text and text.endswith(f"The answer is {entry['answer']}.")
+    assert abs(stats["arithmetic"]["slip"] - 0.3) <= 0.05

@@ -74,6 +74,10 @@ def test_config_types_overrides_and_errors(tmp_path):
     assert cfg.sft.lora.r == 8 and cfg.rl.kl_coef == 0.2 and cfg.eval.stages == ["base", "sft"]
     assert cfg.generate.seed == 3 and cfg.model.trust_remote_code is False
     cfg.validate()
+    # YAML 1.1 reads 1e-4 as a string; a float field still takes it (in an override and in the file).
+    assert load_config(path, ["rl.learning_rate=1e-4"]).rl.learning_rate == 1e-4
+    path.write_text("model: {name_or_path: m}\ndata: {source: d}\nsft: {learning_rate: 5E-5, lora: {enabled: true, r: 8}}\n")
+    assert load_config(path).sft.learning_rate == 5e-5
     for bad, needle in [("rl.algorithm=a2c", "rl.algorithm"), ("eval.stages=[x]", "eval.stages"),
                         ("sft.epochs=many", "sft.epochs: expected a number"), ("model.trust_remote_code=2",
                                                                                  "expected true or false")]:
