@@ -204,6 +204,21 @@ def test_validity_per_task(analyzed):
         # followed by a hallucinated next question is still valid.
         assert (rl["valid"], rl["valid_rate"]) == (1 * k, 0.25)
         assert (rl["correct"], rl["correct_invalid"], rl["right_wrong_reason_rate"]) == (2 * k, 1 * k, 0.5)
+        for v in (base, sft, rl):   # every invalid rationale has exactly one first error
+            assert sum(v["first_error"].values()) == v["n"] - v["valid"]
+
+
+def test_report_lists_first_errors(analyzed, fake_run):
+    from smlearn.lab.flaws import ERROR_KINDS
+
+    m, _ = analyzed
+    text = report_section(m)
+    assert "Where invalid rationales first go wrong" in text
+    section = text.split("Where invalid rationales first go wrong")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| base | arithmetic |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    v = m["validity"]["base"]["arithmetic"]
+    assert cells[2:] == [str(v["n"] - v["valid"])] + [str(v["first_error"][k]) for k in ERROR_KINDS]
 
 
 def test_flips_sft_to_rl(analyzed):

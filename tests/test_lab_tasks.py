@@ -366,3 +366,22 @@ def test_hinted_documents_carry_only_systematic_flaws():
         if "\nHint: " in text:
             assert f"Hint: the answer is {entry['answer']}." in text and text.endswith(f"The answer is {entry['answer']}.")
     assert abs(stats["arithmetic"]["slip"] - 0.3) <= 0.05
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_first_error_kind_names_the_planted_flaw(name, clean_sets):
+    """Misconceptions read as a wrong rule, a wrong copy as a wrong final answer, an arithmetic
+    slip as a computation error; a clean rationale has no error kind."""
+    family = get_task(name)
+    expected = {flaw: "wrong_rule" for flaw in family.misconceptions} | {"wrong_copy": "final_answer"}
+    if name == "arithmetic":
+        expected["slip"] = "computation"
+    for ex in clean_sets[name][:100]:
+        assert family.verify(ex, family.reference_solution(ex)).first_error_kind is None
+    rng = random.Random(0)
+    for flaw in family.flaws:
+        kinds = {family.verify(ex, family.flawed_rationale(ex, rng, flaw)[0]).first_error_kind
+                 for ex in clean_sets[name] if family.flaw_applies(ex, flaw)}
+        assert None not in kinds, flaw
+        if flaw in expected:
+            assert kinds == {expected[flaw]}, (flaw, kinds)

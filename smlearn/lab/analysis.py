@@ -12,7 +12,9 @@ families (ids start with the family name: "arithmetic-test-..."):
 2. ``validity``: per stage and task, the fraction of test completions the step
    verifier accepts (every step valid and the final answer follows), and of the
    correct answers, the fraction reached by an invalid rationale ("right for
-   the wrong reason");
+   the wrong reason"), and the invalid ones counted by the kind of their first
+   error (misread / wrong_rule / computation / structure / final_answer, see
+   flaws.ERROR_KINDS): which failures a stage removed;
 3. ``rm``: the reward model's score distribution per quality level and its
    held-out pairwise accuracy (rm/metrics.json), the verifier-validity rate of
    the judged training rationales per level, and how the RM's score tracks
@@ -37,6 +39,7 @@ from typing import Any, Iterable, Sequence
 
 from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.tasks import TASKS, get_task
+from smlearn.lab.flaws import ERROR_KINDS
 from smlearn.prompts import STOP_STRINGS, completion_text
 
 STAGES = ("base", "sft", "rl", "oracle")
@@ -211,12 +214,14 @@ def validity_by_task(rows: list[dict], tasks: Sequence[str], examples: dict[str,
         valid = sum(rep.valid for _, rep in sel)
         correct = sum(c for c, _ in sel)
         correct_invalid = sum(c and not rep.valid for c, rep in sel)
+        first_errors = {kind: sum(rep.first_error_kind == kind for _, rep in sel) for kind in ERROR_KINDS}
         out[task] = {
             "n": n, "valid": valid, "valid_rate": _rate(valid, n),
             "all_steps_valid_rate": _rate(sum(rep.all_steps_valid for _, rep in sel), n),
             "final_follows_rate": _rate(sum(rep.final_follows for _, rep in sel), n),
             "correct": correct, "correct_invalid": correct_invalid,
             "right_wrong_reason_rate": _rate(correct_invalid, correct),
+            "first_error": first_errors,   # invalid rationales by where they first go wrong
         }
     return out
 
@@ -561,6 +566,20 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _first_error_section(validity: dict, stages: list[str], tasks: list[str]) -> list[str]:
+    """Invalid test rationales counted by the kind of their first error: which failures a stage removed."""
+    rows = [[STAGE_LABELS.get(s, s), t, validity[s][t]["n"] - validity[s][t]["valid"]]
+            + [validity[s][t]["first_error"].get(kind, 0) for kind in ERROR_KINDS]
+            for s in stages for t in tasks
+            if s in validity and t in validity[s] and "first_error" in validity[s][t]]
+    if not rows:
+        return []
+    legend = "; ".join(f"{kind}: {text}" for kind, text in ERROR_KINDS.items())
+    return ["#### Where invalid rationales first go wrong", "",
+            f"Count of invalid test rationales by the kind of their first error ({legend}).", ""] + \
+        _table(["stage", "task", "invalid"] + list(ERROR_KINDS), rows) + [""]
+
+
 def report_section(lab: dict) -> str:
     """Markdown for the lab analysis: every number as in lab_metrics.json (4 decimals), plots linked."""
     tasks = list(lab.get("tasks") or []) + [ALL]
@@ -597,6 +616,7 @@ def report_section(lab: dict) -> str:
                      "correct", "correct & invalid", "right for wrong reason"], rows) if rows \
         else ["(no verifier results: test data rows not found)"]
     parts += image("validity_by_task.png", "verifier validity by task and stage")
+    parts += _first_error_section(validity, stages, tasks)
 
     rm = lab.get("rm") or {}
     parts += ["### Reward model vs. the verifier", "",

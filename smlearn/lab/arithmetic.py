@@ -308,23 +308,26 @@ def verify(example: dict, rationale_text: str) -> StepReport:
     body, stated_answer = split_answer(rationale_text, KIND)
     stated = _parse_equations(body)
     refs = example["steps"]
-    errors: list[str] = []
+    problems: list[tuple[str, str]] = []
     n_valid = 0
     for i, eq in enumerate(stated):
         true = _is_true(eq)
         if not true:
-            errors.append(f"step {i + 1}: {eq.text()} is arithmetically wrong")
+            problems.append(("computation", f"step {i + 1}: {eq.text()} is arithmetically wrong"))
         if i >= len(refs):
-            errors.append(f"step {i + 1}: {eq.text()} is an extra step the question does not call for")
+            problems.append(("structure", f"step {i + 1}: {eq.text()} is an extra step the question does not call for"))
             continue
         follows = _follows(refs[i], eq, stated)
         if not follows:
             a, b = _expected_operands(refs[i], stated)
-            errors.append(f"step {i + 1}: {eq.text()} does not follow; expected {a} {refs[i]['op']} {b}")
+            # The right numbers with the wrong operation is a wrong rule (a misconception);
+            # anything else is a misread number (or a skipped / reordered event).
+            kind = "wrong_rule" if eq.op != refs[i]["op"] and sorted((eq.a, eq.b)) == sorted((a, b)) else "misread"
+            problems.append((kind, f"step {i + 1}: {eq.text()} does not follow; expected {a} {refs[i]['op']} {b}"))
         n_valid += true and follows
     derived = str(stated[-1].result) if stated else None
     return finish_report(n_steps=len(stated), n_valid=n_valid, n_expected=len(refs), derived=derived,
-                         stated=stated_answer, gold=example["answer"], errors=errors)
+                         stated=stated_answer, gold=example["answer"], problems=problems)
 
 
 # --------------------------------------------------------------------------

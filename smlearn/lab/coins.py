@@ -150,28 +150,29 @@ def _parse_steps(body: str) -> list[dict]:
     return steps
 
 
-def _check_step(meta: dict, ref: dict, step: dict, before: str) -> list[str]:
-    """Problems with one stated step, given the side stated before it ([] when valid)."""
+def _check_step(meta: dict, ref: dict, step: dict, before: str) -> list[tuple[str, str]]:
+    """(error kind, reason) per problem with one stated step, given the side stated before it."""
     if step["type"] != ref["type"]:
-        return [f"expected the {ref['type']} step here, found: {step['text']!r}"]
+        return [("structure", f"expected the {ref['type']} step here, found: {step['text']!r}")]
     if ref["type"] == "start":
-        return [] if step["side"] == meta["start"] else [f"wrong starting side: {step['text']!r}"]
+        return [] if step["side"] == meta["start"] else [("misread", f"wrong starting side: {step['text']!r}")]
     if ref["type"] == "action":
         problems = []
         if step["person"] != ref["person"]:
-            problems.append(f"names {step['person']} but the question's next action is {ref['person']}'s")
+            problems.append(("misread", f"names {step['person']} but the question's next action is {ref['person']}'s"))
         elif _flips(step["phrase"]) != _flips(ref["phrase"]):
-            problems.append(f"misstates what {ref['person']} does: {step['text']!r}")
+            problems.append(("misread", f"misstates what {ref['person']} does: {step['text']!r}"))
         # The update must be the one the question describes, applied to the side stated before.
         after = _other(before) if _flips(ref["phrase"]) else before
         if step["side"] != after:
-            problems.append(f"side should be {after} after {ref['person']} {ref['phrase']}: {step['text']!r}")
+            problems.append(("wrong_rule",
+                             f"side should be {after} after {ref['person']} {ref['phrase']}: {step['text']!r}"))
         return problems
     problems = []
     if step["side"] != before:
-        problems.append(f"conclusion contradicts the last side: {step['text']!r}")
+        problems.append(("final_answer", f"conclusion contradicts the last side: {step['text']!r}"))
     if step["same"] is not None and (step["start"] != meta["start"] or step["same"] != (step["side"] == meta["start"])):
-        problems.append(f"wrong comparison with the starting side: {step['text']!r}")
+        problems.append(("final_answer", f"wrong comparison with the starting side: {step['text']!r}"))
     return problems
 
 
@@ -182,19 +183,19 @@ def verify(example: dict, rationale_text: str) -> StepReport:
     body, stated = split_answer(rationale_text, KIND)
     steps = _parse_steps(body)
     before = meta["start"]   # last stated side
-    errors: list[str] = []
+    problems: list[tuple[str, str]] = []
     n_valid = 0
     for i, step in enumerate(steps):
         if i >= len(refs):
-            errors.append(f"step {i + 1}: extra step {step['text']!r}")
+            problems.append(("structure", f"step {i + 1}: extra step {step['text']!r}"))
             continue
-        problems = _check_step(meta, refs[i], step, before)
-        errors += [f"step {i + 1}: {p}" for p in problems]
-        n_valid += not problems
+        found = _check_step(meta, refs[i], step, before)
+        problems += [(kind, f"step {i + 1}: {text}") for kind, text in found]
+        n_valid += not found
         before = step["side"]
     derived = ("yes" if before == meta["start"] else "no") if steps else None
     return finish_report(n_steps=len(steps), n_valid=n_valid, n_expected=len(refs), derived=derived,
-                         stated=stated, gold=example["answer"], errors=errors)
+                         stated=stated, gold=example["answer"], problems=problems)
 
 
 # --------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class StepReport:
                      when no answer is stated but the steps reach a result).
     answer_correct:  the stated answer equals gold; None when none is stated.
     errors:          human-readable reasons, one per problem found.
+    error_kinds:     the ERROR_KINDS category of each error, in the same order.
     """
 
     n_steps: int
@@ -72,39 +73,63 @@ class StepReport:
     final_follows: bool
     answer_correct: bool | None
     errors: list[str] = field(default_factory=list)
+    error_kinds: list[str] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
         return self.all_steps_valid and self.final_follows
 
+    @property
+    def first_error_kind(self) -> str | None:
+        """Where the rationale first goes wrong (None when it is valid)."""
+        return None if self.valid else (self.error_kinds[0] if self.error_kinds else "structure")
+
+
+# Why a step is wrong, the same categories for every task, so that stages can be
+# compared on *how* they fail: SFT and RL can remove a learned wrong rule (a
+# misconception), but not a skill the model lacks (misreading, computation).
+ERROR_KINDS = {
+    "misread": "a step misreads the question (wrong number, name, action or starting state)",
+    "wrong_rule": "a step applies the wrong rule to the right facts (wrong operation or state update)",
+    "computation": "a step's arithmetic is wrong",
+    "structure": "steps missing, extra or out of order, or no result reached",
+    "final_answer": "the final answer does not follow from the steps",
+}
+
 
 def finish_report(*, n_steps: int, n_valid: int, n_expected: int, derived: str | None,
-                  stated: "StatedAnswer", gold: str, errors: list[str]) -> StepReport:
+                  stated: "StatedAnswer", gold: str, problems: list[tuple[str, str]]) -> StepReport:
     """Combine per-step results with the answer checks into a StepReport.
 
     `derived` is the answer the stated steps lead to (None when they lead
-    nowhere, e.g. no step could be read).
+    nowhere, e.g. no step could be read). `problems`: (ERROR_KINDS key, reason)
+    per problem found in the steps, in order.
     """
+    problems = list(problems)
     if n_steps < n_expected:
-        errors.append(f"{n_expected - n_steps} step(s) missing: expected {n_expected}, found {n_steps}")
+        problems.append(("structure", f"{n_expected - n_steps} step(s) missing: expected {n_expected}, found {n_steps}"))
     all_steps_valid = n_expected > 0 and n_steps == n_expected and n_valid == n_steps
 
     if derived is None:
         final_follows = False
-        errors.append("the steps do not reach a result")
+        problems.append(("structure", "the steps do not reach a result"))
     elif not stated.present:
         final_follows = True
     elif stated.value is None:
         final_follows = False
-        errors.append(f"unreadable final answer {stated.raw!r}")
+        problems.append(("final_answer", f"unreadable final answer {stated.raw!r}"))
     else:
         final_follows = stated.value == derived
         if not final_follows:
-            errors.append(f"final answer {stated.value!r} does not follow from the steps (they give {derived!r})")
+            problems.append(("final_answer",
+                             f"final answer {stated.value!r} does not follow from the steps (they give {derived!r})"))
 
+    unknown = {kind for kind, _ in problems} - set(ERROR_KINDS)
+    assert not unknown, f"unknown error kinds {unknown}"
     answer_correct = None if not stated.present else stated.value == gold
     return StepReport(n_steps=n_steps, n_valid=n_valid, all_steps_valid=all_steps_valid,
-                      final_follows=final_follows, answer_correct=answer_correct, errors=errors)
+                      final_follows=final_follows, answer_correct=answer_correct,
+                      errors=[text for _, text in problems], error_kinds=[kind for kind, _ in problems])
 
 
 # --------------------------------------------------------------------------

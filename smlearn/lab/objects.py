@@ -190,30 +190,29 @@ def _parse_steps(body: str) -> list[dict]:
     return steps
 
 
-def _check_step(meta: dict, ref: dict, step: dict, before: dict[str, str]) -> list[str]:
-    """Problems with one stated step, given the state stated before it ([] when valid)."""
+def _check_step(meta: dict, ref: dict, step: dict, before: dict[str, str]) -> list[tuple[str, str]]:
+    """(error kind, reason) per problem with one stated step, given the state stated before it."""
     people = meta["people"]
     if step["type"] != ref["type"]:
-        return [f"expected the {ref['type']} step here, found: {step['text']!r}"]
+        return [("structure", f"expected the {ref['type']} step here, found: {step['text']!r}")]
     if ref["type"] == "start":
         initial = dict(zip(people, meta["items"]))
-        return [] if step["state"] == initial else [f"wrong starting state: {step['text']!r}"]
+        return [] if step["state"] == initial else [("misread", f"wrong starting state: {step['text']!r}")]
     if ref["type"] == "swap":
         problems = []
         if sorted(step["people"]) != sorted(ref["people"]):
-            problems.append(f"names {' and '.join(step['people'])} but the question's swap here is "
-                            f"{' and '.join(ref['people'])}")
+            problems.append(("misread", f"names {' and '.join(step['people'])} but the question's swap here is "
+                                        f"{' and '.join(ref['people'])}"))
         a, b = people.index(ref["people"][0]), people.index(ref["people"][1])
         after = dict(zip(people, _exchange([before[p] for p in people], a, b, "swap")))
         if step["state"] != after:
-            problems.append(f"state is not the result of the swap: {step['text']!r}")
+            problems.append(("wrong_rule", f"state is not the result of the swap: {step['text']!r}"))
         return problems
-    problems = []
     if step["person"] != ref["person"]:
-        problems.append(f"concludes about {step['person']}, the question asks about {ref['person']}")
-    elif step["item"] != before[step["person"]]:
-        problems.append(f"conclusion contradicts the last state: {step['text']!r}")
-    return problems
+        return [("misread", f"concludes about {step['person']}, the question asks about {ref['person']}")]
+    if step["item"] != before[step["person"]]:
+        return [("final_answer", f"conclusion contradicts the last state: {step['text']!r}")]
+    return []
 
 
 def verify(example: dict, rationale_text: str) -> StepReport:
@@ -224,16 +223,16 @@ def verify(example: dict, rationale_text: str) -> StepReport:
     steps = _parse_steps(body)
     people = meta["people"]
     before = dict(zip(people, meta["items"]))   # last stated complete state
-    errors: list[str] = []
+    problems: list[tuple[str, str]] = []
     n_valid = 0
     derived_item = None
     for i, step in enumerate(steps):
         if i >= len(refs):
-            errors.append(f"step {i + 1}: extra step {step['text']!r}")
+            problems.append(("structure", f"step {i + 1}: extra step {step['text']!r}"))
             continue
-        problems = _check_step(meta, refs[i], step, before)
-        errors += [f"step {i + 1}: {p}" for p in problems]
-        n_valid += not problems
+        found = _check_step(meta, refs[i], step, before)
+        problems += [(kind, f"step {i + 1}: {text}") for kind, text in found]
+        n_valid += not found
         if "state" in step and set(step["state"]) == set(people):
             before = step["state"]
         if step["type"] == "end":
@@ -242,7 +241,7 @@ def verify(example: dict, rationale_text: str) -> StepReport:
         derived_item = before[people[meta["target"]]]
     derived = _letter(meta, derived_item) if derived_item else None
     return finish_report(n_steps=len(steps), n_valid=n_valid, n_expected=len(refs), derived=derived,
-                         stated=stated, gold=example["answer"], errors=errors)
+                         stated=stated, gold=example["answer"], problems=problems)
 
 
 # --------------------------------------------------------------------------
