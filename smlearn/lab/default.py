@@ -47,8 +47,13 @@ LAB_VERSION = 3
 def _default_flaw_rates() -> dict[str, dict[str, float]]:
     # Misconceptions are systematic (the corpus applies the wrong rule more often
     # than not where it fits), so greedy decoding learns them; slips are noise.
+    # A rate is a share of all documents (one flaw per document), each planted in
+    # a question it applies to: at 0.45 / 0.35, 67 % of arithmetic solutions with
+    # a "gives away" event add instead of subtracting and 54 % of those with
+    # "k times as many" add k (at 0.30 / 0.20: ~55 % and ~35 %, and one seed of
+    # three did not learn the first).
     return {
-        "arithmetic": {"misc_give_adds": 0.30, "misc_times_adds": 0.20, "slip": 0.04, "wrong_copy": 0.02},
+        "arithmetic": {"misc_give_adds": 0.45, "misc_times_adds": 0.35, "slip": 0.04, "wrong_copy": 0.02},
         "objects": {"misc_trade_ignored": 0.30, "misc_switch_one_way": 0.15, "slip": 0.04},
         "coins": {"misc_noflip_flips": 0.35, "misc_turnover_ignored": 0.20, "slip": 0.04},
     }
