@@ -90,8 +90,8 @@ class LabSettings:
 
     def key(self, *fields: str) -> str:
         d = dataclasses.asdict(self)
-        d["lab_version"] = LAB_VERSION
-        blob = json.dumps({k: d[k] for k in (*fields, "lab_version")} if fields else d, sort_keys=True)
+        chosen = {k: d[k] for k in fields} if fields else d
+        blob = json.dumps({**chosen, "lab_version": LAB_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
