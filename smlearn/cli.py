@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="the reasoning lab (synthetic tasks, tiny pretrained model)")
     lab.add_argument("action", choices=["pretrain"])
+    lab.add_argument("--ship", action="store_true",
+                     help="pretrain afresh and store the model in the package (the default job's base model)")
     lab.add_argument("overrides", nargs="*", metavar="key=value")
     return p
 
@@ -81,7 +83,7 @@ def _dispatch(args) -> int:
     if args.command == "lab":
         from .lab.default import pretrain_command
 
-        pretrain_command(args.overrides)
+        pretrain_command(args.overrides, ship=args.ship)
         return 0
     stage = {"generate": pipeline.generate, "collect": pipeline.collect, "report": pipeline.report}
     if args.command in stage:

@@ -115,33 +115,93 @@ class RMStageConfig:
 
 @dataclass
 class CorrectionConfig:
+    """The gold-answer correction of the RL reward (method.md: a wrong final answer is penalised whatever
+    the RM says). With z the standardised RM score and t = rl.rm_weight * tanh(z), bounded in (-w, w):
+        replace: right -> t + correct_bonus;  wrong -> wrong_reward
+        add:     right -> t + correct_bonus;  wrong -> t + wrong_reward
+    so every right rollout out-rewards every wrong one (checked: correct_bonus - wrong_reward > w, or 2w
+    in add mode)."""
     enabled: bool = True              # penalise rollouts whose final answer is wrong, whatever the RM says
-    mode: str = "replace"             # replace: reward = wrong_reward; add: reward = rm + wrong_reward
-    wrong_reward: float = -1.0
-    correct_bonus: float = 0.0        # added to rollouts whose final answer is right
+    mode: str = "replace"             # replace: wrong gets wrong_reward; add: wrong gets RM term + wrong_reward
+    wrong_reward: float = -1.0        # the reward (replace) or offset (add) of a wrong or unfinished rollout
+    correct_bonus: float = 1.0        # added to the RM term of a rollout whose final answer is right
 
 
 @dataclass
 class RLStageConfig:
+    """The one RL config: `rl:` in YAML, read as is by PPO (train/ppo.py) and by GRPO/RLOO (train/rl_trl.py).
+
+    A step samples `rollout_batch_size` rollouts (`rollout_batch_size / num_generations` prompts, each
+    `num_generations` times), scores them, and updates the policy on them."""
     algorithm: str = "ppo"            # ppo (ours), grpo or rloo (TRL)
-    steps: int = 50
-    rollout_batch_size: int = 16
-    mini_batch_size: int = 8
-    ppo_epochs: int = 2
-    learning_rate: float = 1e-5
-    kl_coef: float = 0.05
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_rewards: bool = False
-    temperature: float = 0.8
-    max_new_tokens: int = 128
-    num_generations: int = 4          # group size for grpo / rloo
+    steps: int = 50                   # RL steps (each: one rollout batch, then its updates)
+    rollout_batch_size: int = 16      # rollouts per step (all algorithms: the RL budget is steps x this)
+    num_generations: int = 4          # rollouts per prompt in a step (GRPO/RLOO: the group; PPO: any >= 1)
+    mini_batch_size: int = 8          # PPO: rollouts per gradient step
+    ppo_epochs: int = 2               # PPO: passes over each rollout batch
+    learning_rate: float = 1e-5       # policy learning rate (peak, before the schedule)
+    value_learning_rate: float | None = None   # PPO value model; None: learning_rate
+    lr_scheduler: str = "linear"      # linear (anneal to 0 over the steps, as TRL PPOv2 / CleanRL) or constant
+    weight_decay: float = 0.0         # AdamW weight decay (the references use none)
+    max_grad_norm: float = 1.0        # global gradient-norm clip, per network
+    kl_coef: float = 0.05             # beta of the KL to the SFT policy: PPO per-token reward penalty, GRPO/RLOO loss term
+    kl_estimator: str = "k1"          # PPO: k1 (log-ratio) or k3 (non-negative) per-token KL estimate
+    clip_range: float = 0.2           # PPO policy ratio clip
+    clip_range_value: float = 0.2     # PPO value clip
+    vf_coef: float = 0.1              # PPO value-loss weight
+    gamma: float = 1.0                # PPO discount
+    lam: float = 0.95                 # PPO GAE lambda
+    whiten_rewards: bool = False      # PPO: rescale per-token rewards by their std over the batch
+    whiten_advantages: bool = True    # PPO: standardise advantages over the batch
+    temperature: float = 0.8          # rollout sampling temperature (log-probs use the same)
+    top_p: float = 1.0                # rollout nucleus sampling (1.0: the full distribution PPO scores)
+    max_new_tokens: int = 128         # rollout length limit; a rollout cut here is unfinished (wrong)
+    missing_eos_penalty: float | None = None   # subtracted from the reward of an unfinished rollout
+    rm_weight: float = 0.5            # w: the RM's share of the reward, w * tanh(standardised RM score)
     rm_score_normalize: bool = True   # standardise RM scores with their mean/std on the training pairs
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    split: str = "train"              # data split whose questions RL trains on (the lab adds a large "rl" split)
+    eval_questions: int = 0           # hold out this many RL questions; greedy accuracy on them is logged
+    eval_every: int = 0               # PPO: log that held-out accuracy every N steps (0: never)
     seed: int = 0
+
+    def validate(self) -> "RLStageConfig":
+        """Every RL field checked before any stage runs; errors name the field."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"rl.{name}: {why}, got {getattr(self, name)!r}")
+
+        if self.algorithm not in ("ppo", "grpo", "rloo"):
+            raise ConfigError(f"rl.algorithm: '{self.algorithm}' is not one of ppo, grpo, rloo")
+        for name in ("steps", "rollout_batch_size", "num_generations", "mini_batch_size", "ppo_epochs",
+                     "learning_rate", "max_new_tokens", "temperature", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        for name in ("kl_coef", "weight_decay", "clip_range", "clip_range_value", "vf_coef", "rm_weight",
+                     "eval_questions", "eval_every"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.value_learning_rate is not None and not self.value_learning_rate > 0:
+            raise bad("value_learning_rate", "must be > 0 (or null: the policy's)")
+        if self.rollout_batch_size % self.num_generations:
+            raise bad("rollout_batch_size", f"must be a multiple of rl.num_generations ({self.num_generations})")
+        if self.lr_scheduler not in ("linear", "constant"):
+            raise bad("lr_scheduler", "must be linear or constant")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise bad("kl_estimator", "must be k1 or k3")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "must be in (0, 1]")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"rl.gamma, rl.lam: must be in [0, 1], got {self.gamma!r}, {self.lam!r}")
+        c = self.correction
+        if c.mode not in ("replace", "add"):
+            raise ConfigError(f"rl.correction.mode: '{c.mode}' is not one of replace, add")
+        need = self.rm_weight * (2 if c.mode == "add" else 1)
+        if c.enabled and not c.correct_bonus - c.wrong_reward > need:
+            raise ConfigError(
+                f"rl.correction: correct_bonus - wrong_reward must exceed {need:g} (rl.rm_weight"
+                f"{' x 2 in add mode' if c.mode == 'add' else ''}) so that every right rollout out-rewards every "
+                f"wrong one, got {c.correct_bonus:g} - ({c.wrong_reward:g})")
+        return self
 
 
 @dataclass
@@ -173,12 +233,9 @@ class RunConfig:
             raise ConfigError("data.source: required (a JSONL file, a folder, or a hub dataset id)")
         if self.model.engine not in ("auto", "fast", "hf"):
             raise ConfigError(f"model.engine: '{self.model.engine}' is not one of auto, fast, hf")
-        if self.rl.algorithm not in ("ppo", "grpo", "rloo"):
-            raise ConfigError(f"rl.algorithm: '{self.rl.algorithm}' is not one of ppo, grpo, rloo")
         if self.rm.init not in ("sft", "base"):
             raise ConfigError(f"rm.init: '{self.rm.init}' is not one of sft, base")
-        if self.rl.correction.mode not in ("replace", "add"):
-            raise ConfigError(f"rl.correction.mode: '{self.rl.correction.mode}' is not one of replace, add")
+        self.rl.validate()
         for s in self.eval.stages:
             if s not in ("base", "sft", "rl"):
                 raise ConfigError(f"eval.stages: '{s}' is not one of base, sft, rl")

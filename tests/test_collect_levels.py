@@ -1,13 +1,20 @@
 """Collection on hand-made cases: levels, the SFT set and the pairs exactly as method.md specifies."""
+from types import SimpleNamespace
+
+from smlearn.collect import collect as collect_module
 from smlearn.collect.levels import (HIGH, LOW, MID, assign_level, build_pairs, build_sft, collect_stats,
-                                    heldout_questions)
+                                    heldout_questions, hint_leak)
+from smlearn.data import Example
+from smlearn.prompts import BUILTIN, PromptBuilder
 
 TRIGGER = "The answer is"
 
 
-def row(rid, qid, source, rationale, final, correct):
+def row(rid, qid, source, rationale, final, correct, final_output=None, leak=False):
+    """A judged row; `final_output` (the raw continuation after the trigger) defaults to " <final>."."""
     return {"id": rid, "question_id": qid, "source": source, "rationale": rationale, "final_answer": final,
-            "final_correct": correct, "level": assign_level(source, correct, rationale)}
+            "final_output": f" {final}." if final_output is None else final_output,
+            "final_correct": correct, "level": assign_level(source, correct, rationale), "hint_leak": leak}
 
 
 def test_levels_follow_the_final_answer_not_the_hint():
@@ -65,11 +72,37 @@ def test_pairs_have_chosen_strictly_above_rejected_within_a_question():
     assert mid_low["rejected"] == " 3 - 4 = -1. The answer is -1."
 
 
+def test_pairs_end_with_the_models_own_final_output_never_a_made_up_answer():
+    judged = [
+        row("q1/gold/0/0", "q1", "gold", "3 + 4 = 7.", "7", True),
+        row("q1/wrong/1/0", "q1", "wrong", "It is about seven.", None, False, final_output=" about seven.\n"),
+        row("q1/wrong/2/0", "q1", "wrong", "I cannot tell.", None, False, final_output="  \n"),   # nothing written
+        row("q2/gold/0/0", "q2", "gold", "It is blue.", "C", True),
+        row("q2/wrong/1/0", "q2", "wrong", "Nobody knows.", None, False, final_output=" unknown."),
+    ]
+    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100, heldout=set())
+    by_ids = {(p["chosen_id"], p["rejected_id"]): p for p in pairs}
+    # The rationale with an empty final output is in no pair.
+    assert set(by_ids) == {("q1/gold/0/0", "q1/wrong/1/0"), ("q2/gold/0/0", "q2/wrong/1/0")}
+    assert by_ids["q1/gold/0/0", "q1/wrong/1/0"]["rejected"] == " It is about seven. The answer is about seven."
+    # "unknown" appears only where the model wrote it.
+    assert [p["rejected_id"] for p in pairs if "unknown" in p["chosen"] + p["rejected"]] == ["q2/wrong/1/0"]
+
+
 def test_pairs_cap_is_a_seeded_sample():
     a = build_pairs(_judged(), PROMPTS, TRIGGER, cap=2, heldout=set(), seed=3)
     b = build_pairs(_judged(), PROMPTS, TRIGGER, cap=2, heldout=set(), seed=3)
     assert a == b
     assert sum(1 for p in a if p["question_id"] == "q1") == 2
+    # Capped pairs are right-over-wrong first: q1 has four with a high chosen rationale and one mid > low.
+    assert all(p["chosen_level"] == HIGH for p in a if p["question_id"] == "q1")
+    # One high, three mid and three low rationales: 6 high-over-x pairs and 9 mid-over-low ones.
+    judged = [row("q1/gold/0/0", "q1", "gold", "3 + 4 = 7.", "7", True)]
+    judged += [row(f"q1/gold/1/{i}", "q1", "gold", f"mid rationale {i}.", str(10 + i), False) for i in range(3)]
+    judged += [row(f"q1/wrong/2/{i}", "q1", "wrong", f"low rationale {i}.", str(20 + i), False) for i in range(3)]
+    for seed in range(10):
+        kept = build_pairs(judged, PROMPTS, TRIGGER, cap=8, heldout=set(), seed=seed)
+        assert sorted(p["chosen_level"] for p in kept) == [MID, MID] + [HIGH] * 6, seed
 
 
 def test_heldout_split_and_stats():
@@ -83,3 +116,54 @@ def test_heldout_split_and_stats():
     assert stats["levels_by_source"]["gold"] == {"high": 2, "mid": 2, "low": 0}
     assert stats["questions_with_high"] == 1 and abs(stats["yield_per_question"] - 1 / 3) < 1e-9
     assert stats["pairs_train"] == 5 and stats["pairs_heldout"] == 1 and stats["sft_examples"] == 2
+
+
+def test_hint_leak_flags_hinted_rationales_that_mention_the_hint_or_restate_the_answer():
+    assert not hint_leak("3 + 4 = 7.", "7", TRIGGER)
+    assert not hint_leak("I think the chintz is 7.", "7", TRIGGER)       # "hint" inside other words
+    assert hint_leak("3 + 4 = 7, so THE ANSWER IS 7", "7", TRIGGER)     # the trigger restated, any case
+    assert hint_leak("3 + 4 = 7, so the answer\n is 7", "7", TRIGGER)  # ... and any spacing
+    assert hint_leak("The hint says 12, so 12.", "12", TRIGGER)
+    assert hint_leak("As the Hint shows, 12.", "12", TRIGGER)
+    assert hint_leak("Hint: 12. 3 * 4 = 12.", "12", TRIGGER)
+    assert hint_leak("As hinted, 12.", "12", TRIGGER)
+    # A free sample saw no hint: restating its own conclusion is the answer it supports.
+    assert not hint_leak("3 + 4 = 7, so the answer is 7. No hint needed.", None, TRIGGER)
+
+
+def test_judging_marks_hint_leaks(monkeypatch):
+    monkeypatch.setattr(collect_module, "generate_texts",
+                        lambda model, tokenizer, prompts, params, **kw: [" 7."] * len(prompts))
+    by_id = {"q1": Example("q1", "What is 3 + 4?", "7", "number")}
+    rationales = [
+        {"id": "q1/gold/0/0", "question_id": "q1", "source": "gold", "candidate": "7", "rationale": "3 + 4 = 7."},
+        {"id": "q1/gold/0/1", "question_id": "q1", "source": "gold", "candidate": "7",
+         "rationale": "The hint says 7."},
+        {"id": "q1/wrong/1/0", "question_id": "q1", "source": "wrong", "candidate": "8",
+         "rationale": "3 + 4 = 8, the answer is 8"},
+        {"id": "q1/free/0/0", "question_id": "q1", "source": "free", "candidate": None,
+         "rationale": "3 + 4 = 7, the answer is 7"},
+    ]
+    judged = collect_module._judge_chunk(None, None, PromptBuilder(BUILTIN["number"]), by_id, rationales,
+                                         SimpleNamespace(answer_max_new_tokens=8))
+    assert [j["hint_leak"] for j in judged] == [False, True, True, False]
+    assert all(j["level"] == HIGH for j in judged)   # the level is still the judge's; the flag keeps it out of training
+
+
+def test_leaked_rationales_are_kept_out_of_sft_and_pairs_and_counted():
+    judged = [
+        row("q1/gold/0/0", "q1", "gold", "3 + 4 = 7.", "7", True),
+        row("q1/gold/0/1", "q1", "gold", "The hint says 7.", "7", True, leak=True),            # a spurious high
+        row("q1/wrong/1/0", "q1", "wrong", "3 - 4 = -1.", "-1", False),
+        row("q1/wrong/2/0", "q1", "wrong", "So the answer is 12.", "12", False, leak=True),
+        row("q1/free/0/0", "q1", "free", "Add them: 7.", "7", True),
+    ]
+    sft = build_sft(judged, PROMPTS, GOLD, TRIGGER, cap=4)
+    assert [s["rationale_id"] for s in sft] == ["q1/gold/0/0", "q1/free/0/0"]
+    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100, heldout=set())
+    assert {(p["chosen_id"], p["rejected_id"]) for p in pairs} == {("q1/gold/0/0", "q1/wrong/1/0"),
+                                                                   ("q1/free/0/0", "q1/wrong/1/0")}
+    stats = collect_stats(judged, sft, pairs, ["q1"], "toy")
+    assert stats["hint_leak"] == {"count": 2, "rate": 2 / 5, "by_source": {"gold": 1, "wrong": 1, "free": 0},
+                                  "by_level": {"high": 1, "mid": 0, "low": 1}}
+    assert stats["levels"] == {"high": 3, "mid": 0, "low": 2}   # levels still count every judged rationale

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import smlearn
-from smlearn.collect.levels import HIGH, LOW, MID
+from smlearn.collect.levels import HIGH, LOW, MID, hint_leak
 from smlearn.data import load_jsonl_examples
 from smlearn.evaluate.extract import answers_match
 from smlearn.io import read_jsonl
@@ -68,11 +68,12 @@ def test_collection(finished_run):
         else:
             expected = MID if r["source"] == "gold" else LOW
         assert r["level"] == expected
+        assert r["hint_leak"] == hint_leak(r["rationale"], r["candidate"], "The answer is")
     by_id = {r["id"]: r for r in judged}
     sft = read_jsonl(out / "sft.jsonl")
     for s in sft:
         src = by_id[s["rationale_id"]]
-        assert src["level"] == HIGH
+        assert src["level"] == HIGH and not src["hint_leak"]
         assert s["completion"].endswith(f"The answer is {items[s['question_id']].answer}.")
         assert s["prompt"].endswith("\nA:")
     pairs = read_jsonl(out / "pairs.jsonl")
@@ -80,9 +81,11 @@ def test_collection(finished_run):
         c, r = by_id[p["chosen_id"]], by_id[p["rejected_id"]]
         assert c["question_id"] == r["question_id"] == p["question_id"]
         assert c["level"] == p["chosen_level"] > p["rejected_level"] == r["level"]
+        assert not c["hint_leak"] and not r["hint_leak"]
     stats = json.loads((out / "collect_stats.json").read_text())
     assert stats["rationales"] == len(judged) and stats["sft_examples"] == len(sft) and stats["pairs"] == len(pairs)
     assert sum(stats["levels"].values()) == len(judged)
+    assert stats["hint_leak"]["count"] == sum(r["hint_leak"] for r in judged)
     assert stats["per_dataset"][name]["questions"] == N_TRAIN
 
 
@@ -122,6 +125,7 @@ def test_eval_and_report(finished_run):
         assert f"{m['accuracy']:.4f} | {m['correct']} / {m['total']}" in report
     stats = json.loads((out / "collect_stats.json").read_text())
     assert f"high {stats['levels']['high']}, mid {stats['levels']['mid']}, low {stats['levels']['low']}" in report
+    assert f"pairs): {stats['hint_leak']['count']} (rate " in report
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest) == ["generate", "collect", "sft", "rm", "rl", "eval", "report"]
 

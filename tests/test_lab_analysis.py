@@ -147,6 +147,8 @@ def fake_run(tmp_path_factory):
                                                                    (e["rationale"], None, 1, "free")]):
                 judged.append({"id": f"{e['id']}-r{k}", "question_id": e["id"], "source": source,
                                "candidate": final, "rationale": rationale, "final_answer": final,
+                               # the rationale without a parsable answer: the model wrote "unknown" itself
+                               "final_output": f" {final or 'unknown'}.",
                                "final_correct": final == e["answer"], "level": level})
                 c = completion_text(rationale, final or "unknown", trigger)
                 (valid_completions if level == 2 else invalid_completions).append(c)

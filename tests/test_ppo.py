@@ -185,17 +185,19 @@ def test_step_runs_and_logs(tok, tmp_path, one_thread):
     value_before = [p.detach().clone() for p in value.parameters()]
     seen = {}
 
-    def reward_fn(prompts, responses, idx):
-        seen.update(prompts=prompts, responses=responses, idx=idx)
+    def reward_fn(prompts, responses, idx, finished):
+        seen.update(prompts=prompts, responses=responses, idx=idx, finished=finished)
         return {"reward": [float(len(r) % 3) for r in responses], "correct": [1.0, 0.0, 1.0, 1.0],
                 "rm_score": [0.5] * len(responses)}
 
-    cfg = PPOConfig(total_steps=1, rollout_batch_size=4, mini_batch_size=2, ppo_epochs=2, learning_rate=1e-3,
-                    max_new_tokens=6, stop_strings=["\nQ:"], missing_eos_penalty=1.0, kl_estimator="k3",
+    cfg = PPOConfig(steps=1, rollout_batch_size=4, num_generations=1, mini_batch_size=2, ppo_epochs=2,
+                    learning_rate=1e-3, max_new_tokens=6, missing_eos_penalty=1.0, kl_estimator="k3",
                     whiten_rewards=True, seed=3)
     log_path = tmp_path / "ppo.jsonl"
-    trainer = PPOTrainer(cfg, policy, ref, value, tok, PROMPTS, reward_fn, log_path=log_path)
+    trainer = PPOTrainer(cfg, policy, ref, value, tok, PROMPTS, reward_fn, log_path=log_path,
+                         stop_strings=["\nQ:"])
     log = trainer.step([0, 4, 1, 5])              # mixed prompt lengths
+    trainer._write(log)
     assert seen["idx"] == [0, 4, 1, 5] and seen["prompts"] == [PROMPTS[i] for i in (0, 4, 1, 5)]
     for key in ("step", "reward_mean", "score_mean", "kl_mean", "non_score_reward_mean", "response_length_mean",
                 "policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "ratio_mean", "lr",
@@ -224,12 +226,12 @@ def test_ppo_learns_simple_reward(tok, one_thread):
     torch.manual_seed(0)
     policy, ref, value = tiny_models(tok, seed=0)
 
-    def reward_fn(prompts, responses, idx):
+    def reward_fn(prompts, responses, idx, finished):
         return {"reward": [float("a" in r) for r in responses]}   # +1 if the response contains an "a"
 
     beta = 0.1
-    cfg = PPOConfig(total_steps=50, rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=1e-2,
-                    max_new_tokens=8, kl_coef=beta, seed=0)
+    cfg = PPOConfig(steps=50, rollout_batch_size=16, num_generations=1, mini_batch_size=8, ppo_epochs=2,
+                    learning_rate=1e-2, lr_scheduler="constant", max_new_tokens=8, kl_coef=beta, seed=0)
     logs = PPOTrainer(cfg, policy, ref, value, tok, PROMPTS, reward_fn).train()
     assert [log["step"] for log in logs] == list(range(1, 51))
     first = sum(log["reward_mean"] for log in logs[:5]) / 5

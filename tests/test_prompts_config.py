@@ -35,6 +35,19 @@ def test_the_three_prompts():
     assert b.cot("x", few_shot=False) == "Q: x\nA:"
 
 
+def test_final_answer_prompt_keeps_the_question_as_generation_and_eval_saw_it():
+    # CommonsenseQA questions hold double spaces; the judge must read the question byte for byte as cot() shows it.
+    b = PromptBuilder(BUILTIN["choice"], n_shots=2)
+    question = "Where would you  find a dog?\nAnswer Choices: (A) park  (B) moon"
+    for few_shot in (True, False):
+        cot = b.cot(question, few_shot)
+        final = b.final_answer(question, " Dogs  walk in parks. ", few_shot)
+        assert final.startswith(cot)
+        # One space where the parts meet; inside, the rationale is kept as the model wrote it.
+        assert final == f"{cot} Dogs  walk in parks. The answer is"
+        assert b.final_answer(question, "  ", few_shot) == f"{cot} The answer is"
+
+
 def test_split_rationale_cuts_at_stop_and_trigger():
     assert split_rationale(" 2 + 3 = 5. The answer is 5.\n\nQ: next", "The answer is") == ("2 + 3 = 5.", "5")
     assert split_rationale(" 2 + 3 = 5.\nQ: next", "The answer is") == ("2 + 3 = 5.", None)

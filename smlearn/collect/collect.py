@@ -3,6 +3,7 @@
 For every rationale the base model reads the question and the rationale
 (without the hint) and completes "The answer is" greedily; that final answer
 is compared with the gold answer to give the rationale its level (levels.py).
+Hinted rationales that leak their hint to this judge are flagged (`hint_leak`).
 The final-answer pass is resumable like generation (`judged.jsonl.partial`).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..evaluate.extract import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
 from ..rundir import Run, fingerprint
 from ..generate.engine import SamplingParams, generate_texts
-from .levels import assign_level, build_pairs, build_sft, collect_stats, heldout_questions
+from .levels import assign_level, build_pairs, build_sft, collect_stats, heldout_questions, hint_leak
 
 
 def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg, options=None) -> list[dict]:
@@ -29,7 +30,8 @@ def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg, options=None) -> l
         final = extract_answer(f"{builder.trigger} {out}", ex.kind, ex.choices, builder.trigger)
         correct = answers_match(final, ex.answer, ex.kind)
         judged.append({**r, "final_output": out, "final_answer": final, "final_correct": correct,
-                       "level": assign_level(r["source"], correct, r["rationale"])})
+                       "level": assign_level(r["source"], correct, r["rationale"]),
+                       "hint_leak": hint_leak(r["rationale"], r["candidate"], builder.trigger)})
     return judged
 
 
@@ -70,7 +72,8 @@ def collect(run: Run, progress: bool = True) -> dict:
     write_jsonl(run.path("sft.jsonl"), sft)
     write_jsonl(run.path("pairs.jsonl"), pairs)
     write_json(run.path("collect_stats.json"), stats)
-    summary = {"rationales": len(judged), **stats["levels"], "sft_examples": len(sft), "pairs": len(pairs),
+    summary = {"rationales": len(judged), **stats["levels"], "hint_leak": stats["hint_leak"]["count"],
+               "sft_examples": len(sft), "pairs": len(pairs),
                "yield_per_question": round(stats["yield_per_question"], 4), "seconds": round(time.time() - t0, 1)}
     run.mark_done("collect", summary)
     return summary

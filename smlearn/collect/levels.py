@@ -7,10 +7,15 @@ written for (method.md):
 - mid  (1): written for the gold answer, but its final answer is wrong;
 - low  (0): written for a wrong answer, or a free sample, and its final answer is wrong.
 An empty rationale supports nothing and is low whatever its final answer.
+
+A hinted rationale that leaks its hint to the judge (`hint_leak`) keeps the
+level the judge gave it but is left out of the SFT set and of the pairs, and
+counted in the stats.
 """
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -18,6 +23,26 @@ from ..prompts import completion_text
 
 HIGH, MID, LOW = 2, 1, 0
 LEVEL_NAMES = {HIGH: "high", MID: "mid", LOW: "low"}
+
+
+_HINT_WORD = re.compile(r"\bhint(?:s|ed|ing)?\b", re.IGNORECASE)
+
+
+def hint_leak(rationale: str, hint: str | None, trigger: str) -> bool:
+    """Whether a hinted rationale hands its hint to the judge.
+
+    The judge completes the trigger after question + rationale, so a rationale
+    that names the hint ("the hint says", "Hint:") or restates the answer
+    sentence ("... the answer is 42 ...", any case and spacing) lets it copy
+    the hinted answer: a spurious high. `split_rationale` already cut the text
+    before its final trigger, so any trigger left in the rationale is a
+    restatement. Free samples (`hint` None) are not checked: no hint was shown,
+    and the conclusion a free rationale states is the answer it supports.
+    """
+    if hint is None:
+        return False
+    restated = " ".join(trigger.split()).lower() in " ".join(rationale.split()).lower()
+    return restated or bool(_HINT_WORD.search(rationale))
 
 
 def assign_level(source: str, final_correct: bool, rationale: str) -> int:
@@ -52,36 +77,59 @@ def _by_question(judged: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 def build_sft(judged: list[dict[str, Any]], prompts: dict[str, str], gold: dict[str, str], trigger: str,
               cap: int) -> list[dict[str, Any]]:
-    """High rationales, deduplicated per question, at most `cap` each (gold-hinted first, then free, then wrong)."""
+    """High rationales without a hint leak, deduplicated per question, at most `cap` each
+    (gold-hinted first, then free, then wrong)."""
     order = {"gold": 0, "free": 1, "wrong": 2}
     out = []
     for qid, rows in _by_question(judged).items():
-        high = sorted((r for r in rows if r["level"] == HIGH), key=lambda r: order.get(r["source"], 3))
+        high = sorted((r for r in rows if r["level"] == HIGH and not r["hint_leak"]),
+                      key=lambda r: order.get(r["source"], 3))
         for r in _unique(high)[:cap]:
             out.append({"question_id": qid, "rationale_id": r["id"], "prompt": prompts[qid],
                         "completion": completion_text(r["rationale"], gold[qid], trigger)})
     return out
 
 
+def pair_answer(row: dict[str, Any]) -> str | None:
+    """The answer a judged rationale's pair completion ends with, or None when the model wrote none.
+
+    The parsed final answer when there is one, else the model's own raw final
+    output (first line, final period dropped): a made-up placeholder such as
+    "unknown" would be a cue the reward model learns and RL rollouts never show.
+    """
+    if row["final_answer"]:
+        return row["final_answer"]
+    raw = row["final_output"].strip().split("\n")[0].strip().rstrip(".").strip()
+    return raw or None
+
+
 def build_pairs(judged: list[dict[str, Any]], prompts: dict[str, str], trigger: str, cap: int,
                 heldout: set[str], seed: int = 0) -> list[dict[str, Any]]:
     """(chosen, rejected) of the same question with chosen's level strictly above rejected's.
 
-    Each completion ends with the answer its rationale supports (the model's
-    final answer), which is what the reward model will see in RL rollouts.
-    When a question has more than `cap` pairs, a seeded sample keeps `cap`.
+    Each completion ends with the answer its rationale supports (`pair_answer`:
+    the model's final answer), which is what the reward model will see in RL
+    rollouts. A row with an empty rationale, a hint leak or an empty final
+    output is in no pair. When a question has more than `cap` pairs, `cap` are
+    kept: pairs whose chosen rationale is high (it supports the gold answer, the
+    rejected one does not: the method's core premise) first, then mid over low
+    (both support a wrong answer; only the hint they were written for differs),
+    a seeded sample within each group.
     """
     rng = random.Random(seed)
     out = []
     for qid, rows in _by_question(judged).items():
-        rows = [r for r in _unique(rows) if r["rationale"].strip()]
+        rows = _unique([r for r in rows if r["rationale"].strip() and not r["hint_leak"] and pair_answer(r)])
         pairs = [(c, r) for c in rows for r in rows if c["level"] > r["level"]]
         if len(pairs) > cap:
-            pairs = rng.sample(pairs, cap)
+            right_over_wrong = [p for p in pairs if p[0]["level"] == HIGH]
+            others = [p for p in pairs if p[0]["level"] != HIGH]
+            pairs = rng.sample(right_over_wrong, min(cap, len(right_over_wrong)))
+            pairs += rng.sample(others, cap - len(pairs))
         for c, r in pairs:
             out.append({"question_id": qid, "prompt": prompts[qid],
-                        "chosen": completion_text(c["rationale"], c["final_answer"] or "unknown", trigger),
-                        "rejected": completion_text(r["rationale"], r["final_answer"] or "unknown", trigger),
+                        "chosen": completion_text(c["rationale"], pair_answer(c), trigger),
+                        "rejected": completion_text(r["rationale"], pair_answer(r), trigger),
                         "chosen_level": c["level"], "rejected_level": r["level"],
                         "chosen_id": c["id"], "rejected_id": r["id"],
                         "split": "heldout" if qid in heldout else "train"})
@@ -96,6 +144,16 @@ def heldout_questions(question_ids: list[str], fraction: float, seed: int) -> se
     if fraction > 0 and len(ids) >= 2:
         n = max(1, n)
     return set(ids[:n])
+
+
+def hint_leak_stats(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many judged rationales leak their hint, overall, per source and per level."""
+    leaked = [r for r in judged if r["hint_leak"]]
+    by_source = dict.fromkeys((r["source"] for r in judged), 0)
+    for r in leaked:
+        by_source[r["source"]] += 1
+    return {"count": len(leaked), "rate": len(leaked) / len(judged) if judged else 0.0, "by_source": by_source,
+            "by_level": {name: sum(1 for r in leaked if r["level"] == lvl) for lvl, name in LEVEL_NAMES.items()}}
 
 
 def collect_stats(judged: list[dict[str, Any]], sft: list[dict], pairs: list[dict], questions: list[str],
@@ -119,6 +177,7 @@ def collect_stats(judged: list[dict[str, Any]], sft: list[dict], pairs: list[dic
         "questions_with_high": with_high,
         "yield_per_question": with_high / len(questions) if questions else 0.0,
         "high_per_question_mean": sum(high_per_q.values()) / len(questions) if questions else 0.0,
+        "hint_leak": hint_leak_stats(judged),
         "sft_examples": len(sft),
         "pairs": len(pairs),
         "pairs_train": sum(1 for p in pairs if p["split"] == "train"),

@@ -42,10 +42,11 @@ def _split_file(folder: Path, split: str) -> Path:
 
 
 def load_split(data_config, split: str) -> list[Example]:
-    """Load one split ("train" or "test") as configured by a `DataConfig`."""
+    """Load one split as configured by a `DataConfig`: "train" and "test" map to data.train_split /
+    data.test_split (with their limits); any other name is read as is (e.g. the lab's "rl" questions)."""
     source = data_config.source
-    split_name = data_config.train_split if split == "train" else data_config.test_split
-    limit = data_config.train_limit if split == "train" else data_config.test_limit
+    split_name = {"train": data_config.train_split, "test": data_config.test_split}.get(split, split)
+    limit = {"train": data_config.train_limit, "test": data_config.test_limit}.get(split)
     path = Path(source).expanduser()
     if path.is_dir():
         return load_jsonl_examples(_split_file(path, split_name), data_config.kind, data_config.columns, limit)

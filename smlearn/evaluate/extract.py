@@ -277,17 +277,21 @@ def normalize_answer(answer: str, kind: str) -> str | None:
 
 
 def extract_answer(completion: str, kind: str, choices: dict[str, str] | None = None,
-                   trigger: str = DEFAULT_TRIGGER) -> str | None:
+                   trigger: str = DEFAULT_TRIGGER, strict: bool = False) -> str | None:
     """The canonical answer a raw completion gives, or None if it gives none.
 
     The completion is cut at a made-up next question; then the sentence after
     the first trigger phrase is parsed. Only when no trigger occurs does a
     per-kind fallback search the whole text (last number, last labelled
-    letter, last yes/no, last quoted string).
+    letter, last yes/no, last quoted string) — unless `strict`: then a
+    completion without the answer sentence gives None (RL rewards use this, so
+    that "She has 5 + 7 = 12 apples. Then she" is no answer, not "12").
     """
     _check_kind(kind)
     text = _cut_hallucination(completion)
     segment = _answer_segment(text, trigger)
+    if strict and segment is None:
+        return None
     if kind == "number":
         return _number_from_segment(segment) if segment is not None else _parse_number(text, last=True)
     if kind == "choice":

@@ -50,6 +50,10 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     stop_strings: tuple[str, ...] = ()
+    # False: ignore the model's generation_config processors (repetition_penalty, no_repeat_ngram_size, ...)
+    # and sample from the plain softmax(logits / temperature) (top_p if set). RL rollouts need this: PPO's
+    # log-probs and KL are computed for that distribution, so the rollouts must be drawn from it.
+    use_generation_config: bool = True
 
 
 @dataclass
@@ -173,7 +177,19 @@ def _generate_hf(model, tokenizer, prompt_ids: list[list[int]], params: Sampling
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
     if params.stop_strings:
         kwargs.update(stopping_criteria=_stop_criteria(tokenizer, params.stop_strings, width))
-    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+    saved = model.generation_config
+    if not params.use_generation_config:
+        # `generate` fills whatever a passed config leaves unset from model.generation_config, so the model's
+        # own processors are switched off by swapping in a config that has none, for this call only.
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig(eos_token_id=sorted(_eos_ids(model, tokenizer)) or None,
+                                                   bos_token_id=getattr(saved, "bos_token_id", None),
+                                                   pad_token_id=pad)
+    try:
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+    finally:
+        model.generation_config = saved
     return out[:, width:].tolist()
 
 
@@ -214,7 +230,7 @@ def fast_path_blockers(model, params: SamplingParams, max_total_tokens: int | No
     elif window is not None and (max_total_tokens is None or max_total_tokens > window):
         reasons.append(f"sliding_window {window} shorter than prompt + new tokens")
     gen = getattr(model, "generation_config", None)
-    if gen is not None:
+    if gen is not None and params.use_generation_config:
         fields = dict(_BLOCKING_FIELDS, **(_SAMPLING_BLOCKING_FIELDS if params.do_sample else {}))
         for name, neutral in fields.items():
             value = getattr(gen, name, None)
@@ -329,7 +345,8 @@ def _generate_fast(model, tokenizer, prompt_ids: list[list[int]], params: Sampli
         positions[i, width - len(s):] = torch.arange(p_len, p_len + len(s))
     next_pos = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long, device=device)
 
-    penalty = float(getattr(model.generation_config, "repetition_penalty", None) or 1.0)
+    penalty = float(getattr(model.generation_config, "repetition_penalty", None) or 1.0) \
+        if params.use_generation_config else 1.0
     seen = None
     state = SharedPrefixKV(prefix.kv, n, width + params.max_new_tokens, device)
     logits = _forward(forward_model, state, tokens.to(device), positions.to(device), valid.to(device))
@@ -389,6 +406,21 @@ def _use_fast(model, params: SamplingParams, prompt_ids: list[list[int]], option
 def _decode(tokenizer, generated: list[list[int]], params: SamplingParams) -> list[str]:
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return [truncate_at_stop(t, params.stop_strings) for t in texts]
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams,
+                 options: EngineOptions | None = None) -> list[list[int]]:
+    """The generated token ids of each prompt, one batch, as sampled: up to and including the EOS token or
+    the token that completed a stop string (the fast engine stops there; Hugging Face's may run a little past
+    and pad, which the caller cuts). For RL rollouts, which need the ids the log-probs are computed on."""
+    options = options or EngineOptions()
+    if not _use_fast(model, params, prompt_ids, options):
+        return _generate_hf(model, tokenizer, prompt_ids, params)
+    with shared_prefix_attention(model):
+        prefix = PrefixKV.empty().extend(model, common_prefix(prompt_ids)) if options.share_prefix \
+            else PrefixKV.empty()
+        return _generate_fast(model, tokenizer, prompt_ids, params, prefix, options)
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from smlearn.collect.levels import pair_answer
 from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.tasks import TASKS, get_task
 from smlearn.lab.flaws import ERROR_KINDS
@@ -46,7 +47,7 @@ STAGES = ("base", "sft", "rl", "oracle")
 STAGE_LABELS = {"base": "base", "sft": "SFT", "rl": "RL (SML)", "oracle": "oracle"}
 LEVEL_NAMES = {"2": "high", "1": "mid", "0": "low"}
 ALL = "all"                       # the row/column of every task together
-RL_KEYS = ("reward_mean", "kl_mean", "response_length_mean", "correct_mean", "rm_score_mean")
+RL_KEYS = ("reward_mean", "kl_mean", "response_length_mean", "correct_mean", "rm_score_mean", "eval_accuracy")
 MARKER_BEGIN = "<!-- smlearn-lab-analysis:begin -->"
 MARKER_END = "<!-- smlearn-lab-analysis:end -->"
 PLOT_FILES = ("accuracy_by_task.png", "validity_by_task.png", "rm_scores_by_level.png",
@@ -272,7 +273,11 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
         ex = examples.get(str(j["question_id"]))
         if ex is None or task_of(ex["id"]) not in TASKS:
             continue
-        completion = completion_text(j.get("rationale") or "", j.get("final_answer") or "unknown", trigger)
+        # The text the RM saw in the pairs (the model's own final answer), never a made-up placeholder.
+        answer = pair_answer(j) if "final_output" in j else j.get("final_answer")
+        if answer is None:
+            continue
+        completion = completion_text(j.get("rationale") or "", answer, trigger)
         report = verify_text(ex, completion)
         items.append({"task": task_of(ex["id"]), "level": j.get("level"), "valid": report.valid,
                       "step_fraction": _step_fraction(report), "completion": completion,
@@ -463,20 +468,32 @@ def _plot_rm_validity(scored: list[dict], vs: dict | None, out: Path) -> str:
     return _save(fig, out / "rm_score_vs_validity.png")
 
 
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def _plot_rl(log: list[dict], out: Path) -> str:
-    fig, axes = _figure(2, 2, size=(11, 7))
-    panels = [("reward_mean", "mean reward", "Reward"), ("kl_mean", "mean KL to reference", "KL"),
-              ("response_length_mean", "tokens", "Response length"),
-              ("correct_mean", "fraction correct", "Rollout accuracy")]
-    for ax, (key, ylabel, title) in zip([a for row in axes for a in row], panels):
+    """RL curves, each with a moving average over ~1/10 of the steps (a single step's rollout batch is
+    noisy), and the greedy accuracy on held-out RL questions where it was logged (step 0: the SFT model)."""
+    fig, axes = _figure(2, 3, size=(15, 7.5))
+    panels = [("reward_mean", "mean reward", "Reward"), ("correct_mean", "fraction correct", "Rollout accuracy (T = 1)"),
+              ("rm_score_mean", "standardised RM score", "RM score of rollouts"),
+              ("kl_mean", "mean KL to reference", "KL"), ("response_length_mean", "tokens", "Response length")]
+    window = max(1, len(log) // 10)
+    flat = [a for row in axes for a in row]
+    for ax, (key, ylabel, title) in zip(flat, panels):
         pts = [(r.get("step", i), r[key]) for i, r in enumerate(log) if r.get(key) is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None, label=key)
-            if key == "reward_mean":
-                rm_pts = [(r.get("step", i), r["rm_score_mean"]) for i, r in enumerate(log)
-                          if r.get("rm_score_mean") is not None]
-                if rm_pts:
-                    ax.plot([p[0] for p in rm_pts], [p[1] for p in rm_pts], linestyle="--", label="rm_score_mean")
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, alpha=0.35, label=key)
+            ax.plot(xs, moving_average(ys, window), label=f"moving average ({window} steps)")
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
@@ -484,6 +501,17 @@ def _plot_rl(log: list[dict], out: Path) -> str:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
+    ax = flat[5]
+    pts = [(0, r["initial_eval_accuracy"]) for r in log if r.get("initial_eval_accuracy") is not None][:1]
+    pts += [(r.get("step", i), r["eval_accuracy"]) for i, r in enumerate(log) if r.get("eval_accuracy") is not None]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    else:
+        ax.text(0.5, 0.5, "not logged (rl.eval_every = 0)", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("greedy accuracy")
+    ax.set_title("Held-out RL questions (greedy)")
+    ax.grid(alpha=0.3)
     fig.suptitle("RL training curves (rl/log.jsonl)")
     return _save(fig, out / "rl_curves.png")
 

@@ -64,6 +64,7 @@ class LabSettings:
     tasks: list[str] = field(default_factory=lambda: ["arithmetic", "objects", "coins"])
     n_train: int = 150                 # training questions per task (SML's dataset: answers only are used)
     n_test: int = 100                  # test questions per task
+    n_rl: int = 2000                   # further training-split questions per task for RL (answers only; free here)
     corpus_per_task: int = 5000        # pretraining worked solutions per task
     hinted_fraction: float = 0.5       # share of clean and misconception solutions in the answer-hinted format
     copy_drill_fraction: float = 0.5   # extra "Repeat:" documents (a question copied verbatim), per corpus document
@@ -95,9 +96,9 @@ class LabSettings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-DATA_FIELDS = ("tasks", "n_train", "n_test", "seed")
-# The base model does not depend on how many questions SML trains and tests on.
-MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(LabSettings) if f.name not in ("n_train", "n_test"))
+DATA_FIELDS = ("tasks", "n_train", "n_test", "n_rl", "seed")
+# The base model does not depend on how many questions SML trains, tests and runs RL on.
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(LabSettings) if f.name not in ("n_train", "n_test", "n_rl"))
 
 
 def cache_root() -> Path:
@@ -109,15 +110,26 @@ def cache_root() -> Path:
 # ---------------------------------------------------------------------------
 
 def ensure_lab_data(settings: LabSettings) -> Path:
-    """train.jsonl / test.jsonl with every task's questions (ids start with the task name)."""
+    """train.jsonl / test.jsonl / rl.jsonl with every task's questions (ids start with the task name).
+
+    rl.jsonl holds n_rl more questions per task from the training split's question space (an independent
+    stream, so a few may repeat train.jsonl's; none is a test question): RL trains on them (`rl.split: rl`),
+    the way a user with more answered questions than SML's generation budget would."""
+    from .flaws import take
+
     folder = cache_root() / "lab" / f"data-{settings.key(*DATA_FIELDS)}"
-    if (folder / "test.jsonl").exists():
+    if (folder / "rl.jsonl").exists():
         return folder
     for split, n in (("train", settings.n_train), ("test", settings.n_test)):
         rows = []
         for task in settings.tasks:
             rows += get_task(task).generate(n, settings.seed, split)
         write_jsonl(folder / f"{split}.jsonl", rows)
+    # Interleaved by task, so that any prefix (and the held-out tail) mixes the tasks.
+    streams = [take(get_task(task).iter_examples(settings.seed, "train", stream="rl"), settings.n_rl)
+               for task in settings.tasks]
+    rows = [{**row, "id": f"{row['id']}-rl"} for group in zip(*streams) for row in group]
+    write_jsonl(folder / "rl.jsonl", rows)   # last: its presence marks the folder complete
     return folder
 
 
@@ -156,6 +168,18 @@ def corpus_texts(settings: LabSettings) -> tuple[list[str], dict[str, Any]]:
     return texts, stats
 
 
+# The default settings' base model ships with smlearn (4 MB of safetensors + tokenizer), so the default job
+# spends its time on SML rather than on 8 minutes of pretraining. It is exactly what `smlearn lab pretrain
+# --ship` builds for the default settings (tests/test_lab_base_model.py checks that it is the current
+# settings' model and that it still fits the current corpus); any other settings are pretrained and cached.
+PACKAGED_MODELS = Path(__file__).parent / "models"
+
+
+def packaged_base_model(settings: LabSettings) -> Path | None:
+    folder = PACKAGED_MODELS / f"base-{settings.key(*MODEL_FIELDS)}"
+    return folder if (folder / "model.safetensors").exists() else None
+
+
 def ensure_base_model(settings: LabSettings, progress: bool = True) -> Path:
     """Pretrain (once) and cache the lab's base model; returns its folder."""
     import torch
@@ -163,6 +187,9 @@ def ensure_base_model(settings: LabSettings, progress: bool = True) -> Path:
     from ..models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama
 
     folder = cache_root() / "lab" / f"base-{settings.key(*MODEL_FIELDS)}"
+    packaged = packaged_base_model(settings)
+    if packaged is not None:
+        return packaged
     if (folder / "model.safetensors").exists():
         return folder
     t0 = time.time()
@@ -204,8 +231,11 @@ def lab_run_config(model_dir: Path, data_dir: Path) -> dict[str, Any]:
                     "max_pairs_per_question": 3, "heldout_fraction": 0.15},
         "sft": {"epochs": 2, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
         "rm": {"epochs": 1, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
-        "rl": {"steps": 20, "rollout_batch_size": 16, "mini_batch_size": 8, "ppo_epochs": 2,
-               "learning_rate": 3e-5, "kl_coef": 0.05, "max_new_tokens": 150, "temperature": 1.0},
+        # RL on the lab's fresh questions (rl.jsonl): 16 questions x 4 samples per step, on-policy enough to
+        # move a model whose pass@16 is far above its greedy accuracy; 90 of them held out and watched.
+        "rl": {"split": "rl", "eval_questions": 90, "eval_every": 25, "steps": 150, "rollout_batch_size": 64,
+               "num_generations": 4, "mini_batch_size": 32, "ppo_epochs": 2, "learning_rate": 1e-4,
+               "kl_coef": 0.01, "max_new_tokens": 150, "temperature": 1.0},
         "eval": {"max_new_tokens": 150, "batch_size": 64},
     }
 
@@ -306,7 +336,20 @@ def oracle_sft_rows(run) -> list[dict[str, Any]]:
              "completion": completion_text(r["rationale"], r["answer"], builder.trigger)} for r in rows]
 
 
-def pretrain_command(overrides: list[str] | None = None) -> None:
+def pretrain_command(overrides: list[str] | None = None, ship: bool = False) -> None:
+    """`smlearn lab pretrain [lab.*=...]`: build (or find) the base model; `--ship` pretrains afresh and
+    copies it into the package (PACKAGED_MODELS), replacing the shipped one for those settings."""
     settings, _ = split_overrides(overrides)
-    folder = ensure_base_model(settings)
+    if ship:
+        cached = cache_root() / "lab" / f"base-{settings.key(*MODEL_FIELDS)}"
+        target = PACKAGED_MODELS / cached.name
+        if not (cached / "model.safetensors").exists():
+            shutil.rmtree(target, ignore_errors=True)       # pretrain afresh, not a copy of the shipped one
+        folder = ensure_base_model(settings)
+        if folder != target:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+        folder = target
+    else:
+        folder = ensure_base_model(settings)
     print(f"[smlearn] lab base model: {folder}")

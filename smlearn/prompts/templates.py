@@ -58,9 +58,14 @@ class PromptBuilder:
         return self._render(turns, self._q(question, candidate))
 
     def final_answer(self, question: str, rationale: str, few_shot: bool = True) -> str:
-        base = self.cot(question, few_shot)
-        return f"{base} {rationale.strip()} {self.trigger}".replace("  ", " ") if rationale.strip() \
-            else f"{base} {self.trigger}"
+        """cot(question), the rationale, then the trigger, one space where they meet.
+
+        Only the joins are normalized: the prompt starts with exactly cot(question)
+        (questions may hold double spaces, as in CommonsenseQA), and the rationale
+        reads as in the SFT and pair completions (`completion_text`).
+        """
+        parts = [self.cot(question, few_shot).rstrip(), rationale.strip(), self.trigger.strip()]
+        return " ".join(p for p in parts if p)
 
     # -- rendering ----------------------------------------------------------
     def _shots(self, few_shot: bool) -> list[Exemplar]:

@@ -25,8 +25,11 @@ def accuracy_table(metrics: dict) -> list[str]:
 
 def collection_section(stats: dict) -> list[str]:
     lv = stats["levels"]
+    leak = stats.get("hint_leak")   # absent from runs collected before hint leaks were counted
+    leak_lines = [f"- hint leaks (hinted rationales naming the hint or restating the answer; not in SFT or pairs): "
+                  f"{leak['count']} (rate {leak['rate']:.4f})"] if leak else []
     lines = [f"- questions: {stats['questions']}, rationales judged: {stats['rationales']}",
-             f"- levels: high {lv['high']}, mid {lv['mid']}, low {lv['low']}",
+             f"- levels: high {lv['high']}, mid {lv['mid']}, low {lv['low']}", *leak_lines,
              f"- questions with at least one high rationale: {stats['questions_with_high']} "
              f"(yield {stats['yield_per_question']:.4f}); high per question {stats['high_per_question_mean']:.2f}",
              f"- SFT examples: {stats['sft_examples']}; preference pairs: {stats['pairs']} "

@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..config import RLStageConfig
 from ..errors import ConfigError, SmlearnError
 
 # TRL's fill value for "log-probabilities" at padded response positions: any
@@ -47,60 +48,14 @@ from ..errors import ConfigError, SmlearnError
 INVALID_LOGPROB = 1.0
 
 
-# ---------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------
+# The config is the run config's `rl` section (RLStageConfig, defined with the other sections): what the user writes is what this
+# trainer reads. The stop strings come from the prompt format and are a trainer argument.
+PPOConfig = RLStageConfig
 
-@dataclass
-class PPOConfig:
-    total_steps: int = 100             # PPO iterations (each: one rollout batch, then ppo_epochs of updates)
-    rollout_batch_size: int = 16       # prompts per iteration
-    mini_batch_size: int = 8
-    ppo_epochs: int = 2
-    learning_rate: float = 1e-5
-    value_learning_rate: float | None = None   # None -> same as learning_rate
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    kl_coef: float = 0.05              # beta of the per-token KL penalty to the reference (SFT) policy
-    kl_estimator: str = "k1"           # k1 (log-ratio) or k3
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    whiten_advantages: bool = True
-    missing_eos_penalty: float | None = None   # subtract from score if the response never emitted EOS/stop
-    max_grad_norm: float = 1.0
-    stop_strings: list[str] = field(default_factory=list)   # truncate response after these (e.g. "\nQ:")
-    seed: int = 0
-    log_every: int = 1
-
-    def validate(self) -> None:
-        def positive(name: str) -> None:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"ppo.{name}: must be > 0, got {getattr(self, name)!r}")
-
-        for name in ("total_steps", "rollout_batch_size", "mini_batch_size", "ppo_epochs", "learning_rate",
-                     "max_new_tokens", "temperature", "log_every"):
-            positive(name)
-        if self.value_learning_rate is not None:
-            positive("value_learning_rate")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ConfigError(f"ppo.kl_estimator: must be 'k1' or 'k3', got {self.kl_estimator!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"ppo.top_p: must be in (0, 1], got {self.top_p!r}")
-        if self.top_k < 0:
-            raise ConfigError(f"ppo.top_k: must be >= 0 (0 disables it), got {self.top_k!r}")
-        if any(not s for s in self.stop_strings):
-            raise ConfigError("ppo.stop_strings: stop strings must be non-empty")
-
-
-# reward_fn(prompts, responses, prompt_indices) -> {"reward": [...], optional other keys, e.g. "correct",
-# "rm_score"}. "reward" is the episode score; every other key is averaged into the step log as "<key>_mean".
-RewardFn = Callable[[list[str], list[str], list[int]], dict[str, list[float]]]
+# reward_fn(prompts, responses, prompt_indices, finished) -> {"reward": [...], optional other keys, e.g.
+# "correct", "rm_score"}. finished[i] is False for a response cut at max_new_tokens. "reward" is the episode
+# score; every other key is averaged into the step log as "<key>_mean".
+RewardFn = Callable[[list[str], list[str], list[int], list[bool]], dict[str, list[float]]]
 
 
 # ---------------------------------------------------------------------------
@@ -307,22 +262,28 @@ def truncate_responses(response_ids: Tensor, tokenizer, eos_token_ids: set[int],
 # ---------------------------------------------------------------------------
 
 class PPOTrainer:
-    def __init__(self, config: PPOConfig, policy, ref_policy, value_model, tokenizer, prompts: list[str],
-                 reward_fn: RewardFn, log_path: str | Path | None = None):
+    """PPO on `prompts` against `reward_fn`. `config` is the run's `rl` section (RLStageConfig)."""
+
+    def __init__(self, config: RLStageConfig, policy, ref_policy, value_model, tokenizer, prompts: list[str],
+                 reward_fn: RewardFn, log_path: str | Path | None = None, stop_strings: list[str] | None = None,
+                 engine: str = "auto"):
         config.validate()
         if not prompts:
             raise SmlearnError("PPO needs at least one prompt")
         if tokenizer.pad_token_id is None:
             raise SmlearnError("PPO needs a tokenizer with a pad token (set tokenizer.pad_token)")
+        if any(not s for s in stop_strings or []):
+            raise ConfigError("PPO stop strings must be non-empty")
         self.config, self.tokenizer, self.prompts, self.reward_fn = config, tokenizer, list(prompts), reward_fn
         self.policy, self.ref_policy, self.value_model = policy, ref_policy, value_model
+        self.stop_strings = list(stop_strings or [])
         self.log_path = Path(log_path) if log_path is not None else None
         self.device = next(policy.parameters()).device
         self.ref_policy.to(self.device)
         self.value_model.to(self.device)
 
-        # Seed everything: torch (sampling in generate, init of anything created later) and our own
-        # generator for the prompt order and the minibatch shuffles.
+        # Seed everything: torch (rollout sampling, init of anything created later) and our own generator
+        # for the prompt order and the minibatch shuffles.
         torch.manual_seed(config.seed)
         self.rng = torch.Generator().manual_seed(config.seed)
         self._order: list[int] = []
@@ -335,12 +296,16 @@ class PPOTrainer:
         # The reference (SFT) policy is frozen.
         self.ref_policy.requires_grad_(False)
 
-        # [detail: Adam epsilon 1e-5] separate AdamW optimisers for the two networks.
+        # [detail: Adam epsilon 1e-5] separate AdamW optimisers for the two networks; no weight decay by
+        # default (TRL's PPOv2 and CleanRL use none).
         value_lr = config.value_learning_rate if config.value_learning_rate is not None else config.learning_rate
         self.policy_params = [p for p in policy.parameters() if p.requires_grad]
         self.value_params = [p for p in value_model.parameters() if p.requires_grad]
-        self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=config.learning_rate, eps=1e-5)
-        self.value_optimizer = torch.optim.AdamW(self.value_params, lr=value_lr, eps=1e-5)
+        self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=config.learning_rate, eps=1e-5,
+                                                  weight_decay=config.weight_decay)
+        self.value_optimizer = torch.optim.AdamW(self.value_params, lr=value_lr, eps=1e-5,
+                                                 weight_decay=config.weight_decay)
+        self.base_lrs = (config.learning_rate, value_lr)
 
         # EOS ids: the tokenizer's, plus any the model's generation config lists (e.g. Llama 3's several).
         self.eos_token_ids = {tokenizer.eos_token_id} - {None}
@@ -348,14 +313,16 @@ class PPOTrainer:
         self.eos_token_ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else ({gen_eos} - {None})
         if not self.eos_token_ids:
             raise SmlearnError("PPO needs an EOS token (tokenizer.eos_token_id is None)")
-        from transformers import GenerationConfig
+        from ..generate.engine import EngineOptions, SamplingParams
 
-        # [detail: sample with the configured temperature, no hidden top-k] top_k=0 is passed explicitly
-        # because HF's default sampling would otherwise truncate to the top 50 tokens.
-        self.generation_config = GenerationConfig(
-            do_sample=True, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            top_k=config.top_k, top_p=config.top_p, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(self.eos_token_ids), stop_strings=list(config.stop_strings) or None)
+        # [detail: sample exactly the distribution that is scored] the rollouts are drawn from
+        # softmax(logits / temperature) (top_p if set), the distribution whose log-probs and KL the updates
+        # use: the model's own generation_config processors (repetition_penalty, no_repeat_ngram_size, ...)
+        # are switched off, and no hidden top-k applies.
+        self.sampling = SamplingParams(max_new_tokens=config.max_new_tokens, do_sample=True,
+                                       temperature=config.temperature, top_p=config.top_p,
+                                       stop_strings=tuple(self.stop_strings), use_generation_config=False)
+        self.engine = EngineOptions(engine=engine)
         self.global_step = 0
 
     # -- prompt sampling ----------------------------------------------------
@@ -369,22 +336,39 @@ class PPOTrainer:
         return out
 
     # -- rollout ---------------------------------------------------------------
+    def sample(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Left-padded prompt ids and mask (B, P) and the sampled response ids (B, T, pad after the end),
+        from smlearn's generation engine (the fast decode loop where the model supports it)."""
+        from ..generate.engine import encode_prompt, generate_ids
+
+        tok = self.tokenizer
+        prompt_ids = [encode_prompt(tok, p) for p in prompts]
+        if not all(prompt_ids):
+            raise SmlearnError("PPO prompts tokenised to nothing (empty prompts?)")
+        generated = generate_ids(self.policy, tok, prompt_ids, self.sampling, self.engine)
+        width, length = max(map(len, prompt_ids)), max(1, max(map(len, generated)))
+        query = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        query_mask = torch.zeros_like(query)
+        response = torch.full((len(prompts), length), tok.pad_token_id, dtype=torch.long)
+        for i, (p, g) in enumerate(zip(prompt_ids, generated)):
+            # [detail: left-pad the queries] so every row's response starts at the same column.
+            query[i, width - len(p):] = torch.tensor(p)
+            query_mask[i, width - len(p):] = 1
+            if g:
+                response[i, :len(g)] = torch.tensor(g)
+        return query.to(self.device), query_mask.to(self.device), response.to(self.device)
+
     @torch.no_grad()
     def rollout(self, prompt_indices: list[int]) -> dict:
         cfg, tok = self.config, self.tokenizer
         prompts = [self.prompts[i] for i in prompt_indices]
-        # [detail: left-pad the queries] so every row's response starts at the same column.
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
-        context_length = enc["input_ids"].shape[1]
-        if context_length == 0:
-            raise SmlearnError("PPO prompts tokenised to nothing (empty prompts?)")
-        sequences = self.policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                         generation_config=self.generation_config, tokenizer=tok)
+        query, query_mask, sampled = self.sample(prompts)
+        context_length = query.shape[1]
         response_ids, mask, responses, finished = truncate_responses(
-            sequences[:, context_length:], tok, self.eos_token_ids, cfg.stop_strings, tok.pad_token_id)
+            sampled, tok, self.eos_token_ids, self.stop_strings, tok.pad_token_id)
 
         # Score the decoded responses (smlearn: RM score corrected by the gold answer).
-        reward_out = self.reward_fn(prompts, responses, list(prompt_indices))
+        reward_out = self.reward_fn(prompts, responses, list(prompt_indices), finished.tolist())
         if "reward" not in reward_out:
             raise SmlearnError("reward_fn must return a dict with a 'reward' list")
         for key, vals in reward_out.items():
@@ -395,8 +379,8 @@ class PPOTrainer:
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~finished).float()
 
-        input_ids = torch.cat([enc["input_ids"], response_ids], dim=1)
-        attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)
+        input_ids = torch.cat([query, response_ids], dim=1)
+        attention_mask = torch.cat([query_mask, mask], dim=1)
 
         # Old logprobs, reference logprobs and values, in chunks of mini_batch_size to bound memory.
         logprobs, ref_logprobs, values = [], [], []
@@ -474,12 +458,23 @@ class PPOTrainer:
                     ratio_mean=ratio_mean.item())
 
     # -- one PPO iteration ---------------------------------------------------
+    def set_learning_rate(self) -> None:
+        """[detail: learning-rate annealing] lr = (1 - step / steps) * lr_0 before each step (linear), as
+        CleanRL and TRL's PPOv2; constant keeps lr_0."""
+        frac = 1.0 - self.global_step / self.config.steps if self.config.lr_scheduler == "linear" else 1.0
+        for optimizer, lr in zip((self.policy_optimizer, self.value_optimizer), self.base_lrs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * frac
+
     def step(self, prompt_indices: list[int]) -> dict:
         cfg = self.config
         start = time.time()
         for model in (self.policy, self.ref_policy, self.value_model):
             model.eval()                       # [detail: disable dropout], also if a caller flipped it back
+        self.set_learning_rate()
+        t_rollout = time.time()
         batch = self.rollout(list(prompt_indices))
+        t_update = time.time()
 
         # ppo_epochs passes over shuffled minibatches of the rollout.
         n = len(prompt_indices)
@@ -512,23 +507,37 @@ class PPOTrainer:
         for key, vals in batch["reward_out"].items():
             if key != "reward":
                 log[f"{key}_mean"] = _mean(vals)
-        log["time_s"] = time.time() - start
-        if self.log_path is not None and self.global_step % cfg.log_every == 0:
+        now = time.time()
+        log.update(rollout_s=round(t_update - t_rollout, 3), update_s=round(now - t_update, 3), time_s=now - start)
+        return log
+
+    def _write(self, log: dict) -> None:
+        if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a") as f:
                 f.write(json.dumps(log) + "\n")
-        return log
 
-    def train(self) -> list[dict]:
+    def train(self, evaluate: Callable[[], dict] | None = None) -> list[dict]:
+        """`steps` PPO steps of `rollout_batch_size` rollouts (`num_generations` per prompt). With
+        `evaluate` and rl.eval_every > 0, its dict (e.g. greedy accuracy on held-out questions) joins the
+        log of every eval_every-th step and of the last."""
         from tqdm.auto import trange
 
+        cfg = self.config
         logs = []
-        bar = trange(self.config.total_steps, desc="ppo", dynamic_ncols=True)
+        watch = evaluate is not None and cfg.eval_every > 0
+        initial = {f"initial_{k}": v for k, v in evaluate().items()} if watch else {}   # the SFT policy's
+        bar = trange(cfg.steps, desc="ppo", dynamic_ncols=True)
         for _ in bar:
-            log = self.step(self.next_prompt_indices(self.config.rollout_batch_size))
+            prompts = self.next_prompt_indices(cfg.rollout_batch_size // cfg.num_generations)
+            log = self.step([i for i in prompts for _ in range(cfg.num_generations)])
+            if log["step"] == 1:
+                log.update(initial)
+            if watch and (log["step"] % cfg.eval_every == 0 or log["step"] == cfg.steps):
+                log.update(evaluate())
+            self._write(log)
             logs.append(log)
-            if log["step"] % self.config.log_every == 0:
-                bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl_mean']:.3f}")
+            bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl_mean']:.3f}")
         return logs
 
 
@@ -543,6 +552,6 @@ def _mean(values) -> float:
     return sum(nums) / len(nums) if nums else math.nan
 
 
-__all__ = ["PPOConfig", "RewardFn", "PPOTrainer", "compute_gae", "masked_mean", "masked_var", "masked_whiten",
+__all__ = ["PPOConfig", "RLStageConfig", "RewardFn", "PPOTrainer", "compute_gae", "masked_mean", "masked_var", "masked_whiten",
            "per_token_rewards", "kl_per_token", "truncate_responses", "response_logprobs", "response_values",
            "entropy_from_logits", "position_ids_from", "INVALID_LOGPROB"]

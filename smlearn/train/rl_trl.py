@@ -1,15 +1,20 @@
-"""Critic-free RL variants from TRL: GRPO and RLOO, with the same corrected reward as PPO.
+"""Critic-free RL variants from TRL: GRPO and RLOO, with the same corrected reward and `rl` config as PPO.
 
-TRL calls reward functions as f(prompts, completions, **dataset_columns); ours
-maps each completion back to its question through the `question_index`
-column, cuts it at the stop strings (TRL's generation has none), and applies
-the gold-answer correction of `rl.CorrectedReward`. Each reward call is one
-generation batch; its means become one row of rl/log.jsonl, like a PPO step.
+TRL calls reward functions as f(prompts, completions, completion_ids, **dataset_columns); ours maps each
+completion back to its question through the `question_index` column and applies the gold-answer correction
+of `rl.CorrectedReward`. Each reward call is one generation batch; its means become one row of
+rl/log.jsonl, like a PPO step.
+
+Stop strings: the prompt format ends an answer at "\\nQ:" / a blank line, which TRL's own generation does
+not know. GRPO's rollouts therefore come from smlearn's engine (TRL's `rollout_func`): each completion ends
+at EOS or at the token that completes a stop string, so the loss and KL cover exactly the tokens the reward
+saw. RLOO has no such hook: a completion that ran on past a stop string is treated as unfinished (wrong,
+plus rl.missing_eos_penalty), so training past the answer is penalised rather than rewarded.
 """
 from __future__ import annotations
 
 from .. import context
-from ..generate.engine import truncate_at_stop
+from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids, truncate_at_stop
 from ..io import write_jsonl
 from ..models import resolve_device
 from ..prompts import STOP_STRINGS
@@ -18,23 +23,56 @@ from .lora import use_bf16
 from .sft import drop_log_printer, quiet_unless
 
 
+def _ran_past_stop(text: str) -> bool:
+    """Text after a stop string: the completion went on past the end of its answer."""
+    cut = truncate_at_stop(text, STOP_STRINGS)
+    return len(cut) < len(text) and bool(text[len(cut):].strip(" \n"))
+
+
 class _LoggedReward:
     """TRL reward function wrapper that records what each generation batch scored."""
 
     __name__ = "sml_corrected_reward"
 
-    def __init__(self, reward_fn, tokenizer):
+    def __init__(self, reward_fn, tokenizer, eos_ids: set[int], missing_eos_penalty: float | None):
         self.reward_fn, self.tokenizer, self.rows = reward_fn, tokenizer, []
+        self.eos_ids, self.missing_eos_penalty = eos_ids, missing_eos_penalty
 
-    def __call__(self, prompts, completions, question_index, **_):
+    def __call__(self, prompts, completions, question_index, completion_ids=None, **_):
         responses = [truncate_at_stop(c, STOP_STRINGS) for c in completions]
-        out = self.reward_fn(list(prompts), responses, list(question_index))
+        ids = completion_ids or [[] for _ in completions]
+        # Finished: ended with EOS, or cut at a stop string with nothing generated past it.
+        finished = [(bool(i) and i[-1] in self.eos_ids and not _ran_past_stop(c)) or
+                    (len(r) < len(c) and not _ran_past_stop(c)) for c, r, i in zip(completions, responses, ids)]
+        out = self.reward_fn(list(prompts), responses, list(question_index), finished)
+        rewards = list(out["reward"])
+        if self.missing_eos_penalty is not None:
+            rewards = [r - self.missing_eos_penalty * (not f) for r, f in zip(rewards, finished)]
         lengths = [len(self.tokenizer(r, add_special_tokens=False).input_ids) for r in responses]
-        row = {"step": len(self.rows) + 1, "response_length_mean": sum(lengths) / len(lengths)}
+        row = {"step": len(self.rows) + 1, "response_length_mean": sum(lengths) / len(lengths),
+               "finished_frac": sum(finished) / len(finished)}
         for key, values in out.items():
             row[f"{key}_mean"] = sum(values) / len(values)
         self.rows.append(row)
-        return out["reward"]
+        return rewards
+
+
+def engine_rollout(params: SamplingParams, options: EngineOptions):
+    """A TRL `rollout_func`: completions from smlearn's engine, ending at EOS or a stop string."""
+
+    def rollout(prompts, trainer):
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        tok = trainer.processing_class
+        prompt_ids = [encode_prompt(tok, p) for p in prompts]
+        was_training = model.training
+        model.eval()
+        try:
+            completion_ids = generate_ids(model, tok, prompt_ids, params, options)
+        finally:
+            model.train(was_training)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    return rollout
 
 
 def _trainer_classes(algorithm: str):
@@ -44,6 +82,8 @@ def _trainer_classes(algorithm: str):
 
 
 def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: bool = True) -> list[dict]:
+    import os
+
     from datasets import Dataset
 
     cfg = run.config.rl
@@ -51,17 +91,27 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     policy.train()
     device = resolve_device(run.config.model.device)
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
+    # rl.rollout_batch_size counts completions per step, as in PPO (TRL: per_device_train_batch_size).
     args = config_cls(
         output_dir=str(run.path("rl", "trainer")), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.rollout_batch_size, num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, beta=cfg.kl_coef,
-        seed=cfg.seed, report_to="none", save_strategy="no", logging_steps=1, bf16=use_bf16(device),
-        use_cpu=device.type == "cpu", disable_tqdm=not progress, activation_checkpointing=False)
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+        beta=cfg.kl_coef, seed=cfg.seed, report_to="none", save_strategy="no", logging_steps=1,
+        bf16=use_bf16(device), use_cpu=device.type == "cpu", disable_tqdm=not progress,
+        activation_checkpointing=False)
     dataset = Dataset.from_list([{"prompt": p, "question_index": i} for i, p in enumerate(prompts)])
-    logged = _LoggedReward(reward_fn, tokenizer)
+    eos = {tokenizer.eos_token_id} - {None}
+    logged = _LoggedReward(reward_fn, tokenizer, eos, cfg.missing_eos_penalty)
+    extra = {}
+    if cfg.algorithm == "grpo":
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
+                                top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS), use_generation_config=False)
+        extra["rollout_func"] = engine_rollout(params, context.engine_options(run))
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     with quiet_unless(progress):
         trainer = trainer_cls(model=policy, reward_funcs=[logged], args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+                              processing_class=tokenizer, **extra)
         drop_log_printer(trainer, progress)
         trainer.train()
     # TRL's own per-step metrics (KL to the reference when beta > 0) complete our rows.

@@ -95,6 +95,10 @@ def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
     # Full fine-tuning trains fp32 master weights; a LoRA backbone stays in the run's dtype.
     load_dtype = save_dtype if cfg.lora.enabled and device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(path, trust_remote_code=mcfg.trust_remote_code, revision=revision)
+    # The new score head is initialised while loading: seed first, so one rm.seed gives one model.
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
     model = load_reward_backbone(path, dtype=load_dtype, trust_remote_code=mcfg.trust_remote_code,
                                  revision=revision)
     # The head reads the value at the last non-pad token, so the model must know the pad id.
@@ -167,6 +171,13 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
                    > score_of[(split, r.get("question_id"), r["prompt"], r["rejected"])] for r in rows)
         return wins / len(rows)
 
+    def accuracy_by_levels(split: str, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Pairwise accuracy per (chosen level > rejected level), e.g. "2>0": high over low."""
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            groups[f"{r.get('chosen_level')}>{r.get('rejected_level')}"].append(r)
+        return {key: {"n": len(group), "accuracy": accuracy(split, group)} for key, group in sorted(groups.items())}
+
     train_scores = [v for c, v in zip(items, values) if c["split"] == "train"]
     by_level: dict[str, list[float]] = defaultdict(list)
     for c, v in zip(items, values):
@@ -175,6 +186,7 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
     metrics = {
         "train_pairs": len(train_rows), "heldout_pairs": len(heldout_rows),
         "heldout_accuracy": accuracy("heldout", heldout_rows), "train_accuracy": accuracy("train", train_rows),
+        "heldout_accuracy_by_levels": accuracy_by_levels("heldout", heldout_rows),
         "score_mean": overall["mean"], "score_std": overall["std"], "scored_completions": len(items),
         "levels": {level: {**_stats(vs), "scores": vs}
                    for level, vs in sorted(by_level.items(), key=lambda kv: kv[0], reverse=True)},
