@@ -149,6 +149,7 @@ class RLStageConfig:
     clip_range: float = 0.2           # PPO policy ratio clip
     clip_range_value: float = 0.2     # PPO value clip
     vf_coef: float = 0.1              # PPO value-loss weight
+    critic_warmup_steps: int = 0      # PPO: first steps update only the value model (verl/OpenRLHF's critic warm-up)
     gamma: float = 1.0                # PPO discount
     lam: float = 0.95                 # PPO GAE lambda
     whiten_rewards: bool = False      # PPO: rescale per-token rewards by their std over the batch
@@ -162,7 +163,7 @@ class RLStageConfig:
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     split: str = "train"              # data split whose questions RL trains on (the lab adds a large "rl" split)
     eval_questions: int = 0           # hold out this many RL questions; greedy accuracy on them is logged
-    eval_every: int = 0               # PPO: log that held-out accuracy every N steps (0: never)
+    eval_every: int = 0               # log that held-out greedy accuracy every N steps (0: never)
     seed: int = 0
 
     def validate(self) -> "RLStageConfig":
@@ -177,7 +178,7 @@ class RLStageConfig:
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
         for name in ("kl_coef", "weight_decay", "clip_range", "clip_range_value", "vf_coef", "rm_weight",
-                     "eval_questions", "eval_every"):
+                     "eval_questions", "eval_every", "critic_warmup_steps"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if self.value_learning_rate is not None and not self.value_learning_rate > 0:

@@ -138,6 +138,12 @@ def test_second_run_skips_finished_stages(finished_run, capsys):
     assert capsys.readouterr().out.count("done already, skipped") == 7
 
 
+def run_examples(run):
+    from smlearn import context
+
+    return context.examples(run, "train")
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_critic_free_rl_variants(finished_run, tmp_path, algorithm):
     """GRPO / RLOO (TRL) on the same corrected reward: they train, log and save a model."""
@@ -149,10 +155,13 @@ def test_critic_free_rl_variants(finished_run, tmp_path, algorithm):
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     run = smlearn.Run.open(copy, [f"rl.algorithm={algorithm}", "rl.steps=2", "rl.rollout_batch_size=4",
-                                  "rl.num_generations=2"])
+                                  "rl.num_generations=2", "rl.eval_questions=3", "rl.eval_every=1"])
     run.invalidate_from("rl")
     summary = smlearn.train_rl(run, progress=False)
     assert summary["algorithm"] == algorithm and summary["steps"] == 2
     log = read_jsonl(copy / "rl" / "log.jsonl")
     assert len(log) == 2 and all(-10 < r["reward_mean"] < 10 and 0 <= r["correct_mean"] <= 1 for r in log)
+    # Held-out greedy accuracy: the SFT model's before step 1, then after every step (rl.eval_every=1).
+    assert "initial_eval_accuracy" in log[0] and all(0 <= r["eval_accuracy"] <= 1 for r in log)
+    assert summary["heldout_questions"] == 3 and summary["questions"] == len(run_examples(run)) - 3
     assert (copy / "rl" / "model" / "model.safetensors").exists()

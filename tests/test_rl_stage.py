@@ -279,3 +279,20 @@ def test_reward_combinations_table_is_exhaustive():
                 assert right > r.combine(-z, False) and right > wrong
             else:
                 assert right == wrong                          # the RM alone: correctness plays no part
+
+
+def test_critic_warmup_trains_only_the_value_model_first(tok):
+    policy = build_tiny_llama(tok, SPEC, seed=6)
+    value = value_model_like(policy)
+    cfg = PPOConfig(steps=3, rollout_batch_size=4, num_generations=2, mini_batch_size=4, learning_rate=1e-3,
+                    max_new_tokens=4, critic_warmup_steps=2)
+    trainer = PPOTrainer(cfg, policy, copy.deepcopy(policy), value, tok, PROMPTS,
+                         lambda p, r, i, f: {"reward": [float(len(x) % 2) for x in r]})
+    policy_0 = [p.detach().clone() for p in policy.parameters()]
+    value_0 = [p.detach().clone() for p in value.parameters()]
+    for _ in range(2):
+        trainer.step(trainer.next_prompt_indices(2) * 2)
+    assert all(torch.equal(a, b) for a, b in zip(policy_0, policy.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(value_0, value.parameters()))
+    trainer.step(trainer.next_prompt_indices(2) * 2)
+    assert not all(torch.equal(a, b) for a, b in zip(policy_0, policy.parameters()))

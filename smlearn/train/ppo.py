@@ -438,14 +438,18 @@ class PPOTrainer:
         pg_clipfrac = masked_mean((pg_losses2 > pg_losses1).float(), mask)
 
         # Separate networks: the sum's gradients split cleanly between the two optimisers.
-        loss = pg_loss + cfg.vf_coef * vf_loss
+        # [detail: critic warm-up] for the first critic_warmup_steps only the value model learns, so that the
+        # policy's first advantages come from a critic fitted to these rewards rather than a fresh head.
+        train_policy = self.global_step >= cfg.critic_warmup_steps
+        loss = (pg_loss if train_policy else 0.0 * pg_loss) + cfg.vf_coef * vf_loss
         self.policy_optimizer.zero_grad(set_to_none=True)
         self.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # [detail: global gradient clipping] per network.
-        torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm)
-        torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)
-        self.policy_optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm)
+        value_grad_norm = torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)
+        if train_policy:
+            self.policy_optimizer.step()
         self.value_optimizer.step()
 
         with torch.no_grad():
@@ -455,7 +459,7 @@ class PPOTrainer:
             ratio_mean = masked_mean(ratio, mask)
         return dict(policy_loss=pg_loss.item(), value_loss=vf_loss.item(), clipfrac=pg_clipfrac.item(),
                     value_clipfrac=vf_clipfrac.item(), approx_kl=approx_kl.item(), entropy=entropy.item(),
-                    ratio_mean=ratio_mean.item())
+                    ratio_mean=ratio_mean.item(), grad_norm=float(grad_norm), value_grad_norm=float(value_grad_norm))
 
     # -- one PPO iteration ---------------------------------------------------
     def set_learning_rate(self) -> None:

@@ -111,14 +111,14 @@ def rl_questions(run: Run) -> tuple[list, list]:
     return (items[:len(items) - n_eval], items[len(items) - n_eval:]) if n_eval else (items, [])
 
 
-def greedy_accuracy_fn(policy, tokenizer, builder, items, few_shot: bool, max_new_tokens: int, engine: str):
-    """A function that returns {"eval_accuracy": greedy CoT accuracy of `policy` on `items`}."""
+def greedy_accuracy_fn(tokenizer, builder, items, few_shot: bool, max_new_tokens: int, engine: str):
+    """A function model -> {"eval_accuracy": greedy CoT accuracy of the model on `items`}."""
     from ..generate.engine import EngineOptions, SamplingParams, generate_texts
 
     prompts = [builder.cot(e.question, few_shot=few_shot) for e in items]
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False, stop_strings=tuple(STOP_STRINGS))
 
-    def evaluate() -> dict:
+    def evaluate(policy) -> dict:
         outs = generate_texts(policy, tokenizer, prompts, params, batch_size=64, progress=False,
                               options=EngineOptions(engine=engine))
         right = sum(answers_match(extract_answer(o, e.kind, e.choices, builder.trigger), e.answer, e.kind)
@@ -143,7 +143,7 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
     log_path.unlink(missing_ok=True)
     trainer = PPOTrainer(cfg.rl, policy, ref_policy, value_model, tokenizer, prompts, reward_fn,
                          log_path=log_path, stop_strings=list(STOP_STRINGS), engine=cfg.model.engine)
-    logs = trainer.train(evaluate_fn(policy, tokenizer) if evaluate_fn else None)
+    logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
     context.save_model(policy, tokenizer, run.path("rl", "model"))
     return logs
 
@@ -158,15 +158,14 @@ def train_rl(run: Run, progress: bool = True) -> dict:
     reward_fn = _reward_fn(run, items, builder.trigger)
     evaluate_fn = None
     if heldout:
-        def evaluate_fn(policy, tok):
-            return greedy_accuracy_fn(policy, tok, builder, heldout, few_shot, run.config.rl.max_new_tokens,
-                                      run.config.model.engine)
+        evaluate_fn = greedy_accuracy_fn(tokenizer, builder, heldout, few_shot, run.config.rl.max_new_tokens,
+                                         run.config.model.engine)
     if run.config.rl.algorithm == "ppo":
         logs = _train_ppo(run, items, prompts, reward_fn, evaluate_fn)
     else:
         from .rl_trl import train_critic_free
 
-        logs = train_critic_free(run, items, prompts, reward_fn, progress)
+        logs = train_critic_free(run, items, prompts, reward_fn, progress, evaluate_fn)
     last = logs[-1] if logs else {}
     first = logs[0] if logs else {}
     evals = [log["eval_accuracy"] for log in logs if "eval_accuracy" in log]
@@ -177,6 +176,9 @@ def train_rl(run: Run, progress: bool = True) -> dict:
                "correct_last": round(last.get("correct_mean", float("nan")), 4),
                "kl_last": round(last.get("kl_mean", float("nan")), 4), "seconds": round(time.time() - t0, 1)}
     if evals:
+        initial = first.get("initial_eval_accuracy")
         summary.update(heldout_questions=len(heldout), eval_accuracy_last=round(evals[-1], 4))
+        if initial is not None:
+            summary["eval_accuracy_initial"] = round(initial, 4)
     run.mark_done("rl", summary)
     return summary

@@ -81,7 +81,35 @@ def _trainer_classes(algorithm: str):
     return (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
 
 
-def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: bool = True) -> list[dict]:
+def _eval_callback(evaluate, every: int, total: int, results: dict):
+    """A Trainer callback that records evaluate() (greedy accuracy on held-out questions) at step 0 and every
+    `every` steps, into results[step]."""
+    from transformers import TrainerCallback
+
+    class EvalCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            results[0] = self._run(model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 or state.global_step == total:
+                results[state.global_step] = self._run(model)
+
+        @staticmethod
+        def _run(model):
+            was_training = model.training
+            model.eval()
+            try:
+                return evaluate(model)
+            finally:
+                model.train(was_training)
+
+    return EvalCallback()
+
+
+def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: bool = True,
+                      evaluate_fn=None) -> list[dict]:
+    """GRPO or RLOO; `evaluate_fn(model)` (greedy accuracy on held-out questions) is logged at step 0 and
+    every rl.eval_every steps, as PPO does."""
     import os
 
     from datasets import Dataset
@@ -109,6 +137,9 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
                                 top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS), use_generation_config=False)
         extra["rollout_func"] = engine_rollout(params, context.engine_options(run))
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    evals: dict[int, dict] = {}
+    if evaluate_fn is not None and cfg.eval_every > 0:
+        extra["callbacks"] = [_eval_callback(evaluate_fn, cfg.eval_every, cfg.steps, evals)]
     with quiet_unless(progress):
         trainer = trainer_cls(model=policy, reward_funcs=[logged], args=args, train_dataset=dataset,
                               processing_class=tokenizer, **extra)
@@ -118,6 +149,11 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     trl_logs = [h for h in trainer.state.log_history if "loss" in h or "kl" in h]
     for row, h in zip(logged.rows, trl_logs):
         row["kl_mean"] = h.get("kl", float("nan"))
+    for step, result in evals.items():
+        if step == 0 and logged.rows:
+            logged.rows[0].update({f"initial_{k}": v for k, v in result.items()})
+        elif 0 < step <= len(logged.rows):
+            logged.rows[step - 1].update(result)
     write_jsonl(run.path("rl", "log.jsonl"), logged.rows)
     context.save_model(trainer.model.eval(), tokenizer, run.path("rl", "model"))
     return logged.rows

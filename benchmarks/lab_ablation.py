@@ -1,0 +1,99 @@
+"""What the reward model adds: RL variants on the lab, same seeds, same rollout budget (a benchmark).
+
+    python benchmarks/lab_seeds.py --seeds 0 1 2 --out runs/lab-seeds        # first: the SML runs
+    python benchmarks/lab_ablation.py --seeds 0 1 2 --runs runs/lab-seeds --out runs/lab-ablation
+
+Each variant starts from the seed's finished lab run (its SFT model and reward model), redoes only the RL
+stage with the variant's overrides (rl.steps x rl.rollout_batch_size rollouts, as the default) and
+evaluates the RL model on the test split. Variants:
+
+- sft:       no RL (the SFT model of the run);
+- gold_only: the default RL algorithm with the gold-answer reward alone (rl.rm_weight=0: right +1, wrong -1);
+- rm_only:   the default RL algorithm with the RM alone (rl.correction.enabled=false);
+- sml_ppo:   PPO (ours) with the SML reward (RM + gold correction);
+- sml_grpo:  GRPO (TRL) with the SML reward: the default job's own RL model.
+
+The table (mean ± sd over seeds of test accuracy per task) goes to <out>/ablation.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from smlearn import pipeline
+from smlearn.io import read_jsonl, write_json, write_text
+from smlearn.lab.analysis import accuracy_by_task
+from smlearn.lab.default import default_lab_config
+
+TASKS = ["arithmetic", "objects", "coins"]
+VARIANTS = {"sft": None, "gold_only": ["rl.rm_weight=0"], "rm_only": ["rl.correction.enabled=false"],
+            "sml_ppo": ["rl.algorithm=ppo"], "sml_grpo": []}
+
+
+def seed_overrides(seed: int) -> list[str]:
+    return [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}", f"rl.seed={seed}"]
+
+
+def variant_accuracy(source: Path, out: Path, seed: int, name: str, extra: list[str]) -> dict:
+    """Test accuracy per task of one variant (reusing the source run where the variant is its own)."""
+    stage = "sft" if VARIANTS[name] is None else "rl"
+    if VARIANTS[name] is None or not extra:          # SFT, or the default job's own RL model
+        rows = read_jsonl(source / "eval" / stage / "predictions.jsonl")
+    else:
+        target = out / f"seed{seed}" / name
+        if not (target / "eval" / "rl" / "predictions.jsonl").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("rl", "oracle", "*.png"))
+            config, _ = default_lab_config([*seed_overrides(seed), *extra, "eval.stages=[rl]"], progress=False)
+            pipeline.run(config, target, force=True, until="eval")
+        rows = read_jsonl(target / "eval" / "rl" / "predictions.jsonl")
+    acc = accuracy_by_task(rows, TASKS)
+    return {task: acc[task]["accuracy"] for task in [*TASKS, "all"]}
+
+
+def table(results: dict[str, dict[int, dict]]) -> str:
+    cols = [*TASKS, "all"]
+    lines = ["| variant | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for name, per_seed in results.items():
+        cells = []
+        for task in cols:
+            values = [acc[task] for acc in per_seed.values()]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.4f} ± {sd:.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--runs", default="runs/lab-seeds", help="folder of lab_seeds.py's runs (seed<N>/)")
+    p.add_argument("--out", default="runs/lab-ablation")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = p.parse_args()
+    out = Path(args.out)
+    results: dict[str, dict[int, dict]] = {name: {} for name in args.variants}
+    seconds: dict[str, dict[int, float]] = {name: {} for name in args.variants}
+    for seed in args.seeds:
+        source = Path(args.runs) / f"seed{seed}"
+        if not (source / "eval" / "rl" / "predictions.jsonl").exists():
+            raise SystemExit(f"{source}: no finished lab run; run benchmarks/lab_seeds.py --seeds {seed} first")
+        for name in args.variants:
+            t0 = time.time()
+            results[name][seed] = variant_accuracy(source, out, seed, name, VARIANTS[name] or [])
+            seconds[name][seed] = round(time.time() - t0, 1)
+            print(f"[ablation] seed {seed} {name}: {json.dumps(results[name][seed])} ({seconds[name][seed]} s)",
+                  flush=True)
+    md = (f"Seeds {args.seeds}; test accuracy, mean ± sd over seeds; every RL variant has the default job's "
+          f"rollout budget\n\n{table(results)}\n")
+    write_text(out / "ablation.md", md)
+    write_json(out / "ablation.json", {"seeds": args.seeds, "accuracy": results, "seconds": seconds})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
