@@ -35,22 +35,58 @@ def table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def _level_means(levels: dict | None) -> str:
+    if not levels:
+        return "n/a"
+    return " / ".join(f"{levels[k]['mean']:.3f}" if k in levels and levels[k].get("mean") is not None else "n/a"
+                      for k in ("2", "1", "0"))
+
+
+def per_seed_table(per_seed: dict[int, dict]) -> str:
+    """Per seed: SML - SFT (arithmetic, all), RM held-out pairwise accuracy (per level pair), RM mean score
+    high / mid / low on held-out and on all scored completions, RL's held-out greedy accuracy first -> last."""
+    lines = ["| seed | SML − SFT arithmetic | SML − SFT all | RM held-out (2>0, 2>1, 1>0) | "
+             "RM mean high / mid / low, held-out | same, all | RL held-out greedy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, m in per_seed.items():
+        acc = m["accuracy"]
+        delta = {t: acc["rl"][t]["accuracy"] - acc["sft"][t]["accuracy"] for t in ("arithmetic", "all")}
+        rm = m.get("rm") or {}
+        by = rm.get("heldout_accuracy_by_levels") or {}
+        pairs = ", ".join(f"{by[k]['accuracy']:.2f}" if k in by and by[k]["accuracy"] is not None else "n/a"
+                          for k in ("2>0", "2>1", "1>0"))
+        held = rm.get("heldout_accuracy")
+        rl = m.get("rl") or {}
+        ev = rl.get("eval_accuracy") or {}
+        first = (rl.get("initial_eval_accuracy") or {}).get("first")
+        greedy = f"{first:.3f} → {ev['last']:.3f}" if first is not None and ev else "n/a"
+        lines.append(f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | "
+                     f"{held:.3f} ({pairs}) | {_level_means(rm.get('heldout_levels'))} | "
+                     f"{_level_means(rm.get('levels'))} | {greedy} |" if held is not None else
+                     f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | n/a | n/a | n/a | {greedy} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="runs/lab-seeds")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="only build the tables from the finished runs in <out>/seed<N> (e.g. runs made elsewhere)")
     p.add_argument("overrides", nargs="*", help="lab.* and run-config overrides for every seed")
     args = p.parse_args()
     per_seed, seconds = {}, {}
     for seed in args.seeds:
         t0 = time.time()
         out = Path(args.out) / f"seed{seed}"
-        run_lab(out, [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}",
-                      f"rl.seed={seed}", *args.overrides])
+        if not args.summarize_only:
+            run_lab(out, [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}",
+                          f"rl.seed={seed}", *args.overrides])
         per_seed[seed] = read_json(out / "lab_metrics.json")
         seconds[seed] = round(time.time() - t0, 1)
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
-          f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n")
+          f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
+          f"{per_seed_table(per_seed)}\n")
     write_text(Path(args.out) / "seeds.md", md)
     write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
                                                "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})

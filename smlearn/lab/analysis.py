@@ -47,7 +47,8 @@ STAGES = ("base", "sft", "rl", "oracle")
 STAGE_LABELS = {"base": "base", "sft": "SFT", "rl": "RL (SML)", "oracle": "oracle"}
 LEVEL_NAMES = {"2": "high", "1": "mid", "0": "low"}
 ALL = "all"                       # the row/column of every task together
-RL_KEYS = ("reward_mean", "kl_mean", "response_length_mean", "correct_mean", "rm_score_mean", "eval_accuracy")
+RL_KEYS = ("reward_mean", "kl_mean", "response_length_mean", "correct_mean", "rm_score_mean", "eval_accuracy",
+           "initial_eval_accuracy")
 MARKER_BEGIN = "<!-- smlearn-lab-analysis:begin -->"
 MARKER_END = "<!-- smlearn-lab-analysis:end -->"
 PLOT_FILES = ("accuracy_by_task.png", "validity_by_task.png", "rm_scores_by_level.png",
@@ -255,6 +256,8 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
                            "heldout_pairs": rm.get("heldout_pairs"),
                            "train_accuracy": rm.get("train_accuracy"),
                            "score_mean": rm.get("score_mean"), "score_std": rm.get("score_std"),
+                           "heldout_accuracy_by_levels": rm.get("heldout_accuracy_by_levels"),
+                           "heldout_levels": rm.get("heldout_levels"),
                            "levels": levels, "validity_by_level": {}, "vs_validity": None}
     level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
     plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}

@@ -182,6 +182,10 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
     by_level: dict[str, list[float]] = defaultdict(list)
     for c, v in zip(items, values):
         by_level[str(c["level"])].append(v)
+    heldout_by_level: dict[str, list[float]] = defaultdict(list)
+    for c, v in zip(items, values):
+        if c["split"] == "heldout":
+            heldout_by_level[str(c["level"])].append(v)
     overall = _stats(train_scores)
     metrics = {
         "train_pairs": len(train_rows), "heldout_pairs": len(heldout_rows),
@@ -190,6 +194,9 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
         "score_mean": overall["mean"], "score_std": overall["std"], "scored_completions": len(items),
         "levels": {level: {**_stats(vs), "scores": vs}
                    for level, vs in sorted(by_level.items(), key=lambda kv: kv[0], reverse=True)},
+        # The same on held-out questions only (the RM never trained on them).
+        "heldout_levels": {level: _stats(vs)
+                           for level, vs in sorted(heldout_by_level.items(), key=lambda kv: kv[0], reverse=True)},
     }
     if not heldout_rows:
         metrics["heldout_note"] = ("no held-out pairs (collect.heldout_fraction is 0 or too few questions): "
