@@ -74,7 +74,13 @@ def main() -> None:
     p.add_argument("--runs", default="runs/lab-seeds", help="folder of lab_seeds.py's runs (seed<N>/)")
     p.add_argument("--out", default="runs/lab-ablation")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--steps", type=int, default=None,
+                   help="RL steps for every RL variant, the default job's RL included (re-run): a smaller equal budget")
     args = p.parse_args()
+    if args.steps is not None:
+        for name, extra in VARIANTS.items():
+            if extra is not None:
+                VARIANTS[name] = [*extra, f"rl.steps={args.steps}"]
     out = Path(args.out)
     results: dict[str, dict[int, dict]] = {name: {} for name in args.variants}
     seconds: dict[str, dict[int, float]] = {name: {} for name in args.variants}
@@ -88,8 +94,9 @@ def main() -> None:
             seconds[name][seed] = round(time.time() - t0, 1)
             print(f"[ablation] seed {seed} {name}: {json.dumps(results[name][seed])} ({seconds[name][seed]} s)",
                   flush=True)
-    md = (f"Seeds {args.seeds}; test accuracy, mean ± sd over seeds; every RL variant has the default job's "
-          f"rollout budget\n\n{table(results)}\n")
+    budget = f"{args.steps} RL steps" if args.steps else "the default job's RL budget"
+    md = (f"Seeds {args.seeds}; test accuracy, mean ± sd over seeds; every RL variant has the same rollout "
+          f"budget ({budget})\n\n{table(results)}\n")
     write_text(out / "ablation.md", md)
     write_json(out / "ablation.json", {"seeds": args.seeds, "accuracy": results, "seconds": seconds})
     print(md)
