@@ -144,7 +144,7 @@ class RLStageConfig:
     lr_scheduler: str = "linear"      # linear (anneal to 0 over the steps, as TRL PPOv2 / CleanRL) or constant
     weight_decay: float = 0.0         # AdamW weight decay (the references use none)
     max_grad_norm: float = 1.0        # global gradient-norm clip, per network
-    kl_coef: float = 0.05             # beta of the KL to the SFT policy: PPO per-token reward penalty, GRPO/RLOO loss term
+    kl_coef: float = 0.05             # beta of the KL to the SFT policy (PPO: per-token reward penalty; GRPO/RLOO: loss)
     kl_estimator: str = "k1"          # PPO: k1 (log-ratio) or k3 (non-negative) per-token KL estimate
     clip_range: float = 0.2           # PPO policy ratio clip
     clip_range_value: float = 0.2     # PPO value clip

@@ -9,8 +9,10 @@ TL;DR Summarization" (2024). Each detail taken from them is marked
 
 One PPO iteration (`PPOTrainer.step`):
 
-1. Rollout (no grad). Sample prompts, left-pad them, sample responses from the
-   policy, truncate each response at EOS or a stop string, decode, and score
+1. Rollout (no grad). Sample prompts, sample responses from the policy with
+   smlearn's generation engine (the plain temperature softmax, nothing from the
+   model's generation_config), left-pad the prompts, truncate each response at
+   EOS or a stop string, decode, and score
    (prompt, response) with `reward_fn` (in smlearn: the RM score corrected by
    the gold answer).
 2. Per-token statistics (no grad). Log-probabilities of the sampled tokens
@@ -33,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -48,8 +49,8 @@ from ..errors import ConfigError, SmlearnError
 INVALID_LOGPROB = 1.0
 
 
-# The config is the run config's `rl` section (RLStageConfig, defined with the other sections): what the user writes is what this
-# trainer reads. The stop strings come from the prompt format and are a trainer argument.
+# The config is the run config's `rl` section (RLStageConfig, defined with the other sections): what the
+# user writes is what this trainer reads. The stop strings come from the prompt format: a trainer argument.
 PPOConfig = RLStageConfig
 
 # reward_fn(prompts, responses, prompt_indices, finished) -> {"reward": [...], optional other keys, e.g.
@@ -556,6 +557,7 @@ def _mean(values) -> float:
     return sum(nums) / len(nums) if nums else math.nan
 
 
-__all__ = ["PPOConfig", "RLStageConfig", "RewardFn", "PPOTrainer", "compute_gae", "masked_mean", "masked_var", "masked_whiten",
+__all__ = ["PPOConfig", "RLStageConfig", "RewardFn", "PPOTrainer", "compute_gae", "masked_mean", "masked_var",
+           "masked_whiten",
            "per_token_rewards", "kl_per_token", "truncate_responses", "response_logprobs", "response_values",
            "entropy_from_logits", "position_ids_from", "INVALID_LOGPROB"]
