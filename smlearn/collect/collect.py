@@ -48,7 +48,8 @@ def collect(run: Run, progress: bool = True) -> dict:
     model, tokenizer = context.load_model(run, "base")
     builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
 
-    # Longest prompts first, fixed order: chunks are reproducible across resumes.
+    # Chunks in rationales.jsonl order (fixed): they are reproducible across resumes; each chunk is sorted
+    # by prompt length inside generate_texts.
     sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
     writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=fingerprint(run.config, "collect"))
     bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)
