@@ -199,16 +199,19 @@ def test_grpo_rollouts_end_at_the_stop_string(tok):
 
 
 def test_rloo_completions_past_a_stop_string_are_unfinished_and_penalised(tok):
-    reward = CorrectedReward(FixedScorer([0.0] * 3), [NUMBER], "The answer is", rl_config())
+    reward = CorrectedReward(FixedScorer([0.0] * 5), [NUMBER], "The answer is", rl_config())
     logged = _LoggedReward(reward, tok, {tok.eos_token_id}, missing_eos_penalty=0.5)
     completions = [" 5 + 7 = 12. The answer is 12.\nQ: what is 3 + 4?\nA: 7",   # ran on: invented a question
-                   " 5 + 7 = 12. The answer is 12.\n\n",                         # stopped at the stop string
-                   " 5 + 7 = 12. The answer is 12."]                             # ended with EOS
-    ids = [[5, 6], [5, 6], [5, tok.eos_token_id]]
-    rewards = logged(["p"] * 3, completions, [0, 0, 0], completion_ids=ids)
+                   " 5 + 7 = 12. The answer is 12.\n\n",                         # stopped at a stop string
+                   " 5 + 7 = 12. The answer is 12.\nQ:",                          # stopped at the other one
+                   " 5 + 7 = 12. The answer is 12.",                              # ended with EOS
+                   " 5 + 7 = 12. The answer is 12. And"]                          # cut at max length
+    ids = [[5, 6], [5, 6], [5, 6], [5, tok.eos_token_id], [5, 6]]
+    rewards = logged(["p"] * 5, completions, [0] * 5, completion_ids=ids)
     assert rewards[0] == pytest.approx(-1.0 - 0.5)            # wrong (unfinished) and penalised
-    assert rewards[1] > 0 and rewards[2] > 0
-    assert logged.rows[0]["finished_frac"] == pytest.approx(2 / 3)
+    assert rewards[1] > 0 and rewards[2] > 0 and rewards[3] > 0
+    assert rewards[4] == pytest.approx(-1.0 - 0.5)
+    assert logged.rows[0]["finished_frac"] == pytest.approx(3 / 5)
 
 
 # ---------------------------------------------------------------------------

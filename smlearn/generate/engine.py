@@ -410,31 +410,24 @@ def _decode(tokenizer, generated: list[list[int]], params: SamplingParams) -> li
 
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams,
-                 options: EngineOptions | None = None) -> list[list[int]]:
+                 options: EngineOptions | None = None, prefix: PrefixKV | None = None) -> list[list[int]]:
     """The generated token ids of each prompt, one batch, as sampled: up to and including the EOS token or
     the token that completed a stop string (the fast engine stops there; Hugging Face's may run a little past
-    and pad, which the caller cuts). For RL rollouts, which need the ids the log-probs are computed on."""
+    and pad, which the caller cuts). RL rollouts use the ids, which their log-probs are computed on."""
     options = options or EngineOptions()
     if not _use_fast(model, params, prompt_ids, options):
         return _generate_hf(model, tokenizer, prompt_ids, params)
     with shared_prefix_attention(model):
-        prefix = PrefixKV.empty().extend(model, common_prefix(prompt_ids)) if options.share_prefix \
-            else PrefixKV.empty()
-        return _generate_fast(model, tokenizer, prompt_ids, params, prefix, options)
-
-
-@torch.no_grad()
-def generate_batch(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams,
-                   options: EngineOptions | None = None, prefix: PrefixKV | None = None) -> list[str]:
-    """Generate one completion per prompt for a single batch."""
-    options = options or EngineOptions()
-    if not _use_fast(model, params, prompt_ids, options):
-        return _decode(tokenizer, _generate_hf(model, tokenizer, prompt_ids, params), params)
-    with shared_prefix_attention(model):
         prefix = prefix or PrefixKV.empty()
         if options.share_prefix:
             prefix = prefix.extend(model, common_prefix(prompt_ids))
-        return _decode(tokenizer, _generate_fast(model, tokenizer, prompt_ids, params, prefix, options), params)
+        return _generate_fast(model, tokenizer, prompt_ids, params, prefix, options)
+
+
+def generate_batch(model, tokenizer, prompt_ids: list[list[int]], params: SamplingParams,
+                   options: EngineOptions | None = None, prefix: PrefixKV | None = None) -> list[str]:
+    """Generate one completion per prompt for a single batch, decoded and cut at the stop strings."""
+    return _decode(tokenizer, generate_ids(model, tokenizer, prompt_ids, params, options, prefix), params)
 
 
 @torch.no_grad()

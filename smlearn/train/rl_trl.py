@@ -23,10 +23,16 @@ from .lora import use_bf16
 from .sft import drop_log_printer, quiet_unless
 
 
+def _stop_end(text: str) -> int | None:
+    """Where the first stop string in `text` ends, or None when there is none."""
+    hits = [(i, len(s)) for s in STOP_STRINGS if (i := text.find(s)) >= 0]
+    return min(i + n for i, n in hits) if hits else None
+
+
 def _ran_past_stop(text: str) -> bool:
-    """Text after a stop string: the completion went on past the end of its answer."""
-    cut = truncate_at_stop(text, STOP_STRINGS)
-    return len(cut) < len(text) and bool(text[len(cut):].strip(" \n"))
+    """Text after the first stop string: the completion went on past the end of its answer."""
+    end = _stop_end(text)
+    return end is not None and bool(text[end:].strip())
 
 
 class _LoggedReward:
@@ -41,9 +47,9 @@ class _LoggedReward:
     def __call__(self, prompts, completions, question_index, completion_ids=None, **_):
         responses = [truncate_at_stop(c, STOP_STRINGS) for c in completions]
         ids = completion_ids or [[] for _ in completions]
-        # Finished: ended with EOS, or cut at a stop string with nothing generated past it.
-        finished = [(bool(i) and i[-1] in self.eos_ids and not _ran_past_stop(c)) or
-                    (len(r) < len(c) and not _ran_past_stop(c)) for c, r, i in zip(completions, responses, ids)]
+        # Finished: ended with EOS or with a stop string, and nothing generated past a stop string.
+        finished = [not _ran_past_stop(c) and ((bool(i) and i[-1] in self.eos_ids) or _stop_end(c) is not None)
+                    for c, i in zip(completions, ids)]
         out = self.reward_fn(list(prompts), responses, list(question_index), finished)
         rewards = list(out["reward"])
         if self.missing_eos_penalty is not None:
