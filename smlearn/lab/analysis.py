@@ -486,7 +486,8 @@ def _plot_rl(log: list[dict], out: Path) -> str:
     """RL curves, each with a moving average over ~1/10 of the steps (a single step's rollout batch is
     noisy), and the greedy accuracy on held-out RL questions where it was logged (step 0: the SFT model)."""
     fig, axes = _figure(2, 3, size=(15, 7.5))
-    panels = [("reward_mean", "mean reward", "Reward"), ("correct_mean", "fraction correct", "Rollout accuracy (T = 1)"),
+    panels = [("reward_mean", "mean reward", "Reward"),
+              ("correct_mean", "fraction correct", "Rollout accuracy (T = 1)"),
               ("rm_score_mean", "standardised RM score", "RM score of rollouts"),
               ("kl_mean", "mean KL to reference", "KL"), ("response_length_mean", "tokens", "Response length")]
     window = max(1, len(log) // 10)

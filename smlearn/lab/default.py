@@ -32,6 +32,7 @@ from ..config import config_from_dict, parse_override, _merge
 from ..errors import ConfigError
 from ..io import read_json, write_json, write_jsonl
 from ..rundir import STAGES
+from .flaws import take
 from .pretrain import PretrainConfig, pretrain
 from .tasks import build_corpus, get_task
 
@@ -115,8 +116,6 @@ def ensure_lab_data(settings: LabSettings) -> Path:
     rl.jsonl holds n_rl more questions per task from the training split's question space (an independent
     stream, so a few may repeat train.jsonl's; none is a test question): RL trains on them (`rl.split: rl`),
     the way a user with more answered questions than SML's generation budget would."""
-    from .flaws import take
-
     folder = cache_root() / "lab" / f"data-{settings.key(*DATA_FIELDS)}"
     if (folder / "rl.jsonl").exists():
         return folder

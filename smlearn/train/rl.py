@@ -113,6 +113,7 @@ def rl_questions(run: Run) -> tuple[list, list]:
 
 def greedy_accuracy_fn(tokenizer, builder, items, few_shot: bool, max_new_tokens: int, engine: str):
     """A function model -> {"eval_accuracy": greedy CoT accuracy of the model on `items`}."""
+    from ..evaluate.score import score_predictions
     from ..generate.engine import EngineOptions, SamplingParams, generate_texts
 
     prompts = [builder.cot(e.question, few_shot=few_shot) for e in items]
@@ -121,9 +122,8 @@ def greedy_accuracy_fn(tokenizer, builder, items, few_shot: bool, max_new_tokens
     def evaluate(policy) -> dict:
         outs = generate_texts(policy, tokenizer, prompts, params, batch_size=64, progress=False,
                               options=EngineOptions(engine=engine))
-        right = sum(answers_match(extract_answer(o, e.kind, e.choices, builder.trigger), e.answer, e.kind)
-                    for o, e in zip(outs, items))
-        return {"eval_accuracy": right / len(items)}
+        result = score_predictions(items, {e.id: o for e, o in zip(items, outs)}, trigger=builder.trigger)
+        return {"eval_accuracy": result.accuracy}
 
     return evaluate
 

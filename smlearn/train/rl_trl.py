@@ -13,6 +13,8 @@ plus rl.missing_eos_penalty), so training past the answer is penalised rather th
 """
 from __future__ import annotations
 
+import os
+
 from .. import context
 from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids, truncate_at_stop
 from ..io import write_jsonl
@@ -116,8 +118,6 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
                       evaluate_fn=None) -> list[dict]:
     """GRPO or RLOO; `evaluate_fn(model)` (greedy accuracy on held-out questions) is logged at step 0 and
     every rl.eval_every steps, as PPO does."""
-    import os
-
     from datasets import Dataset
 
     cfg = run.config.rl

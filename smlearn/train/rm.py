@@ -180,10 +180,9 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
 
     train_scores = [v for c, v in zip(items, values) if c["split"] == "train"]
     by_level: dict[str, list[float]] = defaultdict(list)
-    for c, v in zip(items, values):
-        by_level[str(c["level"])].append(v)
     heldout_by_level: dict[str, list[float]] = defaultdict(list)
     for c, v in zip(items, values):
+        by_level[str(c["level"])].append(v)
         if c["split"] == "heldout":
             heldout_by_level[str(c["level"])].append(v)
     overall = _stats(train_scores)
