@@ -365,7 +365,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
+def save_config_text(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: RunConfig, path: str | Path) -> None:
     from .io import write_text
 
-    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(path, save_config_text(config))

@@ -14,7 +14,9 @@ Layout (open formats only):
 A stage's fingerprint hashes the config sections it and every earlier stage
 depend on. Re-running a finished stage with the same fingerprint is a no-op;
 with a different one it is refused (the artifacts on disk were made with other
-settings) unless the user asks to redo it with `force`.
+settings) unless the user asks to redo it with `force`. The same holds for the
+content of the input files a stage reads (the data split files and an exemplar
+file, see `input_digest`): a dataset edited in place is never silently reused.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config, save_config
-from .errors import RunDirError
+from .config import RunConfig, load_config, save_config, save_config_text
+from .errors import RunDirError, SmlearnError
 from .io import read_json, write_json
 
 # Stage → the config sections whose values its artifacts depend on (its own and upstream).
@@ -65,6 +67,67 @@ def fingerprint(config: RunConfig, stage: str, sections: list[str] | None = None
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Stage → the input files it reads itself (besides its config): data splits by name, the exemplar file.
+_INPUTS = {"generate": ["train", "exemplars"], "collect": ["train"], "rl": ["rl"], "eval": ["test"]}
+_HASHES: dict[tuple, str] = {}   # (path, size, mtime_ns, inode) -> content hash
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in _HASHES:
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _HASHES[key] = h.hexdigest()[:16]
+        return _HASHES[key]
+    except OSError as e:
+        raise SmlearnError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def input_files(config: RunConfig, stage: str) -> dict[str, Path]:
+    """The local input files `stage` and every earlier stage read, by role ("data train", ...).
+
+    Hub datasets have no local file here: their revision is part of the config instead."""
+    data = config.data
+    source = Path(data.source).expanduser() if data.source else None
+    files: dict[str, Path] = {}
+    for s in STAGES[: STAGES.index(stage) + 1]:
+        for role in _INPUTS.get(s, []):
+            if role == "exemplars":
+                ex = config.prompts.exemplars
+                if ex and ex != "builtin" and Path(ex).expanduser().is_file():
+                    files["prompts.exemplars"] = Path(ex).expanduser()
+                continue
+            split = config.rl.split if role == "rl" else role
+            name = {"train": data.train_split, "test": data.test_split}.get(split, split)
+            if source is not None and source.is_file():
+                files[f"data {split}"] = source
+            elif source is not None and source.is_dir():
+                for candidate in (source / f"{name}.jsonl", source / f"{name}.json"):
+                    if candidate.exists():
+                        files[f"data {split}"] = candidate
+                        break
+    return files
+
+
+def input_digest(config: RunConfig, stage: str) -> dict[str, str]:
+    """Content hash of each input file of `stage` (see `input_files`)."""
+    return {role: _file_hash(path) for role, path in input_files(config, stage).items()}
+
+
+def _changed_inputs(entry: dict[str, Any], config: RunConfig, stage: str) -> list[str]:
+    """Input files whose content differs from when `stage` ran ([] for runs that recorded none)."""
+    old = entry.get("inputs")
+    if old is None:          # made before inputs were recorded: judged by its config alone
+        return []
+    now = input_digest(config, stage)
+    paths = input_files(config, stage)
+    return [f"{paths[r] if r in paths else r}" for r in sorted(set(old) | set(now)) if old.get(r) != now.get(r)]
+
+
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -92,8 +155,11 @@ class Run:
         run = cls(root, config)
         if (root / "config.yaml").exists():
             old = load_config(root / "config.yaml")
+            manifest = run.manifest()
             for stage in STAGES:
-                if run.is_done(stage) and run.manifest()[stage]["fingerprint"] != fingerprint(config, stage):
+                if stage not in manifest:
+                    continue
+                if manifest[stage]["fingerprint"] != fingerprint(config, stage):
                     if not force:
                         changes = _diff({s: asdict(old)[s] for s in stage_sections(stage)},
                                         {s: asdict(config)[s] for s in stage_sections(stage)})
@@ -103,8 +169,21 @@ class Run:
                             "or --force to redo it and every later stage")
                     run.invalidate_from(stage)
                     break
+                changed = _changed_inputs(manifest[stage], config, stage)
+                if changed:
+                    if not force:
+                        raise RunDirError(
+                            f"{root}: stage '{stage}' was run on other data ({', '.join(changed)} changed since); "
+                            "use a new --out, or --force to redo it and every later stage")
+                    print(f"[smlearn] {', '.join(changed)} changed since stage '{stage}' ran: redoing it "
+                          "and every later stage (--force)", flush=True)
+                    run.invalidate_from(stage)
+                    break
         root.mkdir(parents=True, exist_ok=True)
-        save_config(config, root / "config.yaml")
+        text = save_config_text(config)
+        path = root / "config.yaml"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:   # a finished run is not rewritten
+            save_config(config, path)
         return run
 
     @classmethod
@@ -112,7 +191,7 @@ class Run:
         root = Path(root)
         if not (root / "config.yaml").exists():
             raise RunDirError(f"{root}: not a run directory (no config.yaml); start one with smlearn run --out")
-        return cls(root, load_config(root / "config.yaml", overrides))
+        return cls(root, load_config(root / "config.yaml", overrides).validate())
 
     # -- manifest -------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -124,11 +203,18 @@ class Run:
 
     def is_current(self, stage: str) -> bool:
         entry = self.manifest().get(stage)
-        return bool(entry) and entry.get("fingerprint") == fingerprint(self.config, stage)
+        return (bool(entry) and entry.get("fingerprint") == fingerprint(self.config, stage)
+                and not _changed_inputs(entry, self.config, stage))
+
+    def stage_key(self, stage: str) -> str:
+        """The config fingerprint and input-file hashes of `stage`, as one string (resumable partial files)."""
+        inputs = json.dumps(input_digest(self.config, stage), sort_keys=True)
+        return f"{fingerprint(self.config, stage)}-{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
     def mark_done(self, stage: str, summary: dict[str, Any]) -> None:
         manifest = self.manifest()
         manifest[stage] = {"fingerprint": fingerprint(self.config, stage),
+                           "inputs": input_digest(self.config, stage),
                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
         write_json(self.root / "manifest.json", manifest)
 
@@ -143,6 +229,13 @@ class Run:
         write_json(self.root / "manifest.json", manifest)
 
     def require(self, stage: str, for_stage: str) -> None:
+        entry = self.manifest().get(stage)
+        if entry and entry.get("fingerprint") == fingerprint(self.config, stage):
+            changed = _changed_inputs(entry, self.config, stage)
+            if changed:
+                raise RunDirError(f"{self.root}: stage '{for_stage}' needs stage '{stage}' redone: "
+                                  f"{', '.join(changed)} changed since it ran "
+                                  f"(run: smlearn {_command(stage)} --run {self.root}, or smlearn run --force)")
         if not self.is_current(stage):
             raise RunDirError(f"{self.root}: stage '{for_stage}' needs stage '{stage}' first "
                               f"(run: smlearn {_command(stage)} --run {self.root})")

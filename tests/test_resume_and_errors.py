@@ -99,10 +99,10 @@ def test_torn_partial_line_is_dropped_and_regenerated(tmp_path, tiny_base, choic
     manifest.pop("generate")
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     from smlearn.io import ChunkedJsonlWriter
-    from smlearn.rundir import Run, fingerprint
+    from smlearn.rundir import Run
 
     # Opening the writer as the stage does records this config's fingerprint beside the partial file.
-    ChunkedJsonlWriter(run_dir / "rationales.jsonl", [4] * 9, fingerprint=fingerprint(Run.open(run_dir).config, "generate"))
+    ChunkedJsonlWriter(run_dir / "rationales.jsonl", [4] * 9, fingerprint=Run.open(run_dir).stage_key("generate"))
     (run_dir / "rationales.jsonl.partial").write_text(torn)
     assert smlearn("run", "--config", str(cfg), "--out", str(run_dir), "--until", "generate").returncode == 0
     assert (run_dir / "rationales.jsonl").read_text() == reference

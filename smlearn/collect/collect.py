@@ -13,7 +13,7 @@ import time
 from .. import context
 from ..evaluate.extract import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
-from ..rundir import Run, fingerprint
+from ..rundir import Run
 from ..generate.engine import SamplingParams, generate_texts
 from .levels import assign_level, build_pairs, build_sft, collect_stats, heldout_questions, hint_leak
 
@@ -51,7 +51,7 @@ def collect(run: Run, progress: bool = True) -> dict:
     # Chunks in rationales.jsonl order (fixed): they are reproducible across resumes; each chunk is sorted
     # by prompt length inside generate_texts.
     sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
-    writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=fingerprint(run.config, "collect"))
+    writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=run.stage_key("collect"))
     bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)
     for c, start in enumerate(range(0, len(rationales), cfg.batch_size)):
         if c not in writer.done_chunks:

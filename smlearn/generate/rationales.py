@@ -22,7 +22,7 @@ from .. import context
 from ..data import Example
 from ..io import ChunkedJsonlWriter
 from ..prompts import STOP_STRINGS, split_rationale
-from ..rundir import Run, fingerprint
+from ..rundir import Run
 from .candidates import n_wrong_candidates, wrong_candidates
 from .engine import SamplingParams, check_context, generate_texts
 from ..evaluate.extract import extract_answer
@@ -108,7 +108,7 @@ def generate(run: Run, progress: bool = True) -> dict:
     check_context(tokenizer, model, [builder.hint(e.question, e.answer) for e in items],
                   [f"question id {e.id}" for e in items], cfg.max_new_tokens)
     writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), free_chunks + hinted_chunks,
-                                fingerprint=fingerprint(run.config, "generate"))
+                                fingerprint=run.stage_key("generate"))
     bar = tqdm(total=n_free + n_hinted, desc="generate rationales", disable=not progress)
 
     # Phase 1: free CoT samples (they also supply wrong candidates for numbers and text).
