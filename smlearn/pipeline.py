@@ -6,11 +6,13 @@
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig, config_from_dict, load_config
+from .lock import holds_lock, run_lock
 from .rundir import STAGES, Run
 
 
@@ -18,23 +20,50 @@ def _as_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else Run.open(run)
 
 
+def _locked(fn: Callable) -> Callable:
+    """Run a stage function holding its run directory's writer lock (one writer per run directory)."""
+    @functools.wraps(fn)
+    def wrapper(run, *args, **kwargs):
+        run = _as_run(run)
+        if holds_lock(run.root):       # a stage of `run`, which checked its inputs up front
+            return fn(run, *args, **kwargs)
+        _check_local_data(run)
+        with run_lock(run.root):
+            return fn(run, *args, **kwargs)
+    return wrapper
+
+
+def _check_local_data(run: Run) -> None:
+    """A stage called on its own first validates every local data file (a bad row names its file and line,
+    rather than showing up as "data changed")."""
+    from .data import load_split
+    from .rundir import input_files
+
+    for role in input_files(run.config, "report"):
+        if role.startswith("data "):
+            load_split(run.config.data, role.split(" ", 1)[1])
+
+
 def _log(stage: str, summary: dict[str, Any]) -> None:
     items = ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
     print(f"[smlearn] {stage}: {items}", flush=True)
 
 
+@_locked
 def generate(run, progress: bool = True) -> dict:
     from .generate.rationales import generate as _generate
 
     return _generate(_as_run(run), progress)
 
 
+@_locked
 def collect(run, progress: bool = True) -> dict:
     from .collect.collect import collect as _collect
 
     return _collect(_as_run(run), progress)
 
 
+@_locked
 def train_sft(run, progress: bool = True) -> dict:
     from .train.sft import train_sft as _train
 
@@ -43,6 +72,7 @@ def train_sft(run, progress: bool = True) -> dict:
     return _train(run, progress)
 
 
+@_locked
 def train_rm(run, progress: bool = True) -> dict:
     from .train.rm import train_rm as _train
 
@@ -53,6 +83,7 @@ def train_rm(run, progress: bool = True) -> dict:
     return _train(run, progress)
 
 
+@_locked
 def train_rl(run, progress: bool = True) -> dict:
     from .train.rl import train_rl as _train
 
@@ -62,12 +93,14 @@ def train_rl(run, progress: bool = True) -> dict:
     return _train(run, progress)
 
 
+@_locked
 def evaluate(run, stages: list[str] | None = None, progress: bool = True) -> dict:
     from .evaluate.evaluate import evaluate as _evaluate
 
     return _evaluate(_as_run(run), stages, progress)
 
 
+@_locked
 def report(run) -> Path:
     from .report.report import report as _report
 
@@ -112,14 +145,15 @@ def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides
     """Run every stage in order into `out`; finished stages with the same config are skipped."""
     config = _config(config, overrides).validate()
     preflight(config)
-    the_run = Run.create(out, config, force=force)
-    t0 = time.time()
-    for stage in STAGES:
-        if the_run.is_current(stage):
-            print(f"[smlearn] {stage}: done already, skipped", flush=True)
-        else:
-            _log(stage, STAGE_FUNCTIONS[stage](the_run, progress=progress))
-        if stage == until:
-            break
+    with run_lock(out):
+        the_run = Run.create(out, config, force=force)
+        t0 = time.time()
+        for stage in STAGES:
+            if the_run.is_current(stage):
+                print(f"[smlearn] {stage}: done already, skipped", flush=True)
+            else:
+                _log(stage, STAGE_FUNCTIONS[stage](the_run, progress=progress))
+            if stage == until:
+                break
     print(f"[smlearn] run finished in {time.time() - t0:.0f} s: {the_run.root}", flush=True)
     return the_run

@@ -31,6 +31,7 @@ from typing import Any
 from ..config import config_from_dict, parse_override, _merge
 from ..errors import ConfigError
 from ..io import read_json, write_json, write_jsonl
+from ..lock import run_lock
 from ..rundir import STAGES
 from .flaws import take
 from .pretrain import PretrainConfig, pretrain
@@ -281,20 +282,21 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
     t0 = time.time()
     config, settings = default_lab_config(overrides, progress)
     t_base = time.time() - t0
-    run = pipeline.run(config, out, force=force, progress=progress)
-    metrics = _oracle(run, progress)
-    print(f"[smlearn] oracle (SFT on clean reference rationales): accuracy {metrics['accuracy']:.4f}")
-    from .analysis import analyze, write_lab_report
+    with run_lock(out):          # one writer for the pipeline, the oracle and the lab report together
+        run = pipeline.run(config, out, force=force, progress=progress)
+        metrics = _oracle(run, progress)
+        print(f"[smlearn] oracle (SFT on clean reference rationales): accuracy {metrics['accuracy']:.4f}")
+        from .analysis import analyze, write_lab_report
 
-    lab_metrics = analyze(run)
-    lab_metrics["timing"] = {"base_model_and_data_seconds": round(t_base, 1),
-                             "total_seconds": round(time.time() - t0, 1),
-                             "stages_seconds": {s: run.summary(s).get("seconds") for s in STAGES}}
-    write_json(run.path("lab_metrics.json"), lab_metrics)
-    merged = read_json(run.path("metrics.json"))
-    merged["lab"] = lab_metrics
-    write_json(run.path("metrics.json"), merged)
-    write_lab_report(run, lab_metrics)
+        lab_metrics = analyze(run)
+        lab_metrics["timing"] = {"base_model_and_data_seconds": round(t_base, 1),
+                                 "total_seconds": round(time.time() - t0, 1),
+                                 "stages_seconds": {s: run.summary(s).get("seconds") for s in STAGES}}
+        write_json(run.path("lab_metrics.json"), lab_metrics)
+        merged = read_json(run.path("metrics.json"))
+        merged["lab"] = lab_metrics
+        write_json(run.path("metrics.json"), merged)
+        write_lab_report(run, lab_metrics)
     print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {Path(out) / 'report.md'}")
     return run
 
@@ -310,19 +312,21 @@ def _oracle(run, progress: bool) -> dict[str, Any]:
     (oracle/fingerprint.json): a changed config never reuses an old oracle.
     """
     from ..evaluate.evaluate import evaluate_stage
-    from ..rundir import fingerprint
+    from ..rundir import fingerprint, input_digest
     from ..train.sft import fine_tune_base
 
     stamp = run.path("oracle", "fingerprint.json")
     current = fingerprint(run.config, "oracle", ORACLE_SECTIONS)
+    inputs = input_digest(run.config, "eval")          # the train and test files' content
     metrics_path = run.path("eval", "oracle", "metrics.json")
-    if stamp.exists() and read_json(stamp).get("fingerprint") == current and metrics_path.exists():
+    old = read_json(stamp) if stamp.exists() else {}
+    if old.get("fingerprint") == current and old.get("inputs", inputs) == inputs and metrics_path.exists():
         return read_json(metrics_path)
     shutil.rmtree(run.path("oracle"), ignore_errors=True)
     shutil.rmtree(run.path("eval", "oracle"), ignore_errors=True)
     fine_tune_base(run, oracle_sft_rows(run), "oracle", progress)
     metrics = evaluate_stage(run, "oracle", progress)
-    write_json(stamp, {"fingerprint": current})   # last: a killed oracle run is redone
+    write_json(stamp, {"fingerprint": current, "inputs": inputs})   # last: a killed oracle run is redone
     return metrics
 
 
