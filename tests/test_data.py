@@ -25,7 +25,7 @@ GOOD = {"id": "a", "question": "2+2?", "answer": "4", "kind": "number"}
 @pytest.mark.parametrize("row, needle", [
     ({"id": "b", "answer": "4", "kind": "number"}, "line 2, field 'question': missing required field"),
     ({**GOOD, "id": "b", "kind": "essay"}, "line 2, field 'kind': unknown answer kind 'essay'"),
-    ({**GOOD, "id": "b", "answer": "four"}, "line 2, field 'answer': a number answer must be numeric"),
+    ({**GOOD, "id": "b", "answer": "four"}, "line 2, field 'answer': a number answer must be exactly one number"),
     ({**GOOD, "id": "b", "kind": "yes_no", "answer": "maybe"}, "line 2, field 'answer'"),
     ({**GOOD, "id": "b", "kind": "choice", "answer": "C", "choices": {"A": "x", "B": "y"}},
      "line 2, field 'answer': answer 'C' is not one of the choices"),
@@ -40,6 +40,35 @@ def test_bad_rows_name_file_line_field(tmp_path, row, needle):
     with pytest.raises(DataError) as err:
         load_jsonl_examples(path)
     assert str(err.value).startswith(str(path)) and needle in str(err.value)
+
+
+# Gold numbers are read whole: what is unambiguous is accepted in canonical form, anything else refused.
+@pytest.mark.parametrize("answer, canonical", [
+    ("18", "18"), ("-2.5", "-2.5"), ("1,000", "1000"), ("1,234,567.5", "1234567.5"), ("1e3", "1000"),
+    ("2.5E-2", "0.025"), ("7/2", "3.5"), ("3 1/2", "3.5"), ("-3 1/4", "-3.25"), ("$18", "18"), (".5", "0.5"),
+    ("\u22124", "-4"), (" 42 ", "42"), (1000, "1000"), (2.5, "2.5"), (1e20, "100000000000000000000"),
+])
+def test_gold_number_accepted_forms(tmp_path, answer, canonical):
+    ex = load_jsonl_examples(write(tmp_path, [{**GOOD, "answer": answer}]))[0]
+    assert ex.answer == canonical
+
+
+@pytest.mark.parametrize("answer", [
+    "1 000", "0.1+0.2", "1,00", "1e400", "1e-400", "3 4/2", "1/0", "18 apples", "about 18", "5-6", "1,0000",
+    "1.2.3", "12%", "inf", "nan", "1e", "3 1/2/4", "--4",
+])
+def test_gold_number_ambiguous_or_garbage_is_refused(tmp_path, answer):
+    path = write(tmp_path, [GOOD, {**GOOD, "id": "b", "answer": answer}])
+    with pytest.raises(DataError) as err:
+        load_jsonl_examples(path)
+    assert str(err.value).startswith(f"{path}, line 2, field 'answer': a number answer must be exactly one number")
+    assert repr(answer)[1:-1] in str(err.value) or answer in str(err.value)
+
+
+def test_gold_number_overflowing_json_number_is_refused(tmp_path):
+    path = write(tmp_path, [GOOD, '{"id": "b", "question": "q", "answer": 1e400, "kind": "number"}'])
+    with pytest.raises(DataError, match="line 2, field 'answer': a number answer must be exactly one number"):
+        load_jsonl_examples(path)
 
 
 def test_empty_and_missing(tmp_path):

@@ -67,11 +67,12 @@ def example_from_row(row: dict[str, Any], path: str | Path, line: int, default_k
             raise DataError(f"a yes_no answer must be yes or no, got '{answer}'", path, line, "answer")
         answer = "yes" if low in ("yes", "true") else "no"
     if kind == "number":
-        from ..evaluate.extract import normalize_answer
+        from ..evaluate.extract import parse_gold_number
 
-        norm = normalize_answer(answer, "number")
+        norm = parse_gold_number(answer)
         if norm is None:
-            raise DataError(f"a number answer must be numeric, got '{answer}'", path, line, "answer")
+            raise DataError(f"a number answer must be exactly one number (e.g. 18, -2.5, 1,000, 1e3, 7/2, "
+                            f"3 1/2), got '{answer}'", path, line, "answer")
         answer = norm
     rationale = row.get("rationale")
     return Example(id=ex_id, question=question, answer=answer.strip(), kind=kind, choices=choices,

@@ -133,6 +133,53 @@ def _parse_number(text: str, last: bool = False) -> str | None:
     return None if value is None else _format_number(value)
 
 
+# A gold number, read whole (nothing else in the string): an integer (thousands separated by commas in
+# groups of three, or not at all), a decimal, scientific notation, a fraction or a mixed number "3 1/2".
+_GOLD_NUMBER_RE = re.compile(
+    r"(?P<sign>[-+\u2212])?\$?"
+    r"(?:"
+    r"(?P<whole>\d+)\s+(?P<num>\d+)/(?P<mden>\d+)"                                 # 3 1/2
+    r"|(?P<fnum>\d+)/(?P<fden>\d+)"                                                  # 7/2
+    r"|(?P<mant>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE](?P<exp>[-+]?\d+))?"  # 1,000.5  1e3
+    r")"
+)
+_MAX_EXPONENT = 308   # beyond it a float is inf or 0: "1e400" is no usable number
+
+
+def parse_gold_number(text: str) -> str | None:
+    """The canonical form of a gold number answer read as a whole, or None when the string is not exactly
+    one unambiguous number. Accepted: "18", "-2.5", "1,000", "1e3", "2.5E-2", "7/2", "3 1/2" (a proper
+    fraction after the whole part), "$18". Refused: "1 000", "1,00", "0.1+0.2", "1e400", "3 4/2", "18 apples".
+    """
+    match = _GOLD_NUMBER_RE.fullmatch(text.strip())
+    if match is None:
+        return None
+    if match["whole"] is not None:
+        num, den = int(match["num"]), int(match["mden"])
+        if den == 0 or num >= den:          # "3 4/2" or "1 0/0": not a mixed number
+            return None
+        value = int(match["whole"]) + Fraction(num, den)
+    elif match["fnum"] is not None:
+        if int(match["fden"]) == 0:
+            return None
+        value = Fraction(int(match["fnum"]), int(match["fden"]))
+    else:
+        value = Fraction(match["mant"].replace(",", ""))
+        if match["exp"] is not None:
+            exp = int(match["exp"])
+            if abs(exp) > _MAX_EXPONENT:
+                return None
+            value *= Fraction(10) ** exp
+    try:
+        if value and not 0.0 < abs(float(value)) < math.inf:    # overflows to inf or underflows to 0
+            return None
+    except OverflowError:
+        return None
+    if match["sign"] in ("-", "\u2212"):
+        value = -value
+    return _format_number(value)
+
+
 def _number_from_segment(segment: str) -> str | None:
     # "The answer is 16 - 3 - 4 = 9." states the result after the last "=".
     return _parse_number(segment.rsplit("=", 1)[-1])
