@@ -11,9 +11,11 @@ directories) print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
+import traceback
 
 from .errors import SmlearnError
 
@@ -64,6 +66,9 @@ def _dispatch(args) -> int:
         from .scoring_api import score
 
         result = score(args.data, args.predictions, trigger=args.trigger)
+        if result.missing:
+            print(f"smlearn: warning: {len(result.missing)} of {result.total} examples have no prediction in "
+                  f"{args.predictions} (counted wrong), e.g. id {result.missing[0]!r}", file=sys.stderr)
         if args.json:
             d = result.to_dict()
             d.pop("per_example", None)
@@ -103,16 +108,56 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
+# OS errors a user can act on (permissions, a full disk, a read-only file system): one line, not a traceback.
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR,
+                errno.ENOENT, errno.EMFILE}
+
+
+def _os_error_line(e: OSError) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    hint = {errno.ENOSPC: "; free some space and rerun the same command to resume",
+            errno.EDQUOT: "; free some space and rerun the same command to resume"}.get(e.errno, "")
+    return f"{where}{e.strerror or e}{hint}"
+
+
+def _disk_full(e: Exception) -> bool:
+    text = str(e)
+    return "No space left" in text or "StorageFull" in text or "os error 28" in text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
     except SmlearnError as e:
-        print(f"smlearn: error: {e}", file=sys.stderr)
+        print(f"smlearn: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("smlearn: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            return _bug()
+        print(f"smlearn: error: {_one_line(_os_error_line(e))}", file=sys.stderr)
+        return 2
+    except Exception as e:       # e.g. safetensors' SafetensorError on a full disk
+        if _disk_full(e):
+            print("smlearn: error: no space left on the device while writing; free some space and rerun the "
+                  "same command to resume", file=sys.stderr)
+            return 2
+        return _bug()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _bug() -> int:
+    """An exception nobody anticipated: the traceback, and a line saying it is a bug in smlearn."""
+    traceback.print_exc()
+    print("smlearn: internal error: this is a bug in smlearn, not a problem with your input; please report it "
+          "with the traceback above", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -228,24 +228,72 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "RunConfig":
+        """Every field checked before any stage runs (so a bad value never fails after hours of work);
+        errors name the dotted field and the value."""
         if not self.model.name_or_path:
             raise ConfigError("model.name_or_path: required (a hub id or a local folder)")
         if not self.data.source:
             raise ConfigError("data.source: required (a JSONL file, a folder, or a hub dataset id)")
         if self.model.engine not in ("auto", "fast", "hf"):
             raise ConfigError(f"model.engine: '{self.model.engine}' is not one of auto, fast, hf")
+        if self.model.dtype not in _DTYPES:
+            raise ConfigError(f"model.dtype: '{self.model.dtype}' is not one of auto, float32, bfloat16, float16")
+        if not _DEVICE_RE.fullmatch(self.model.device):
+            raise ConfigError(f"model.device: '{self.model.device}' is not auto, cpu, cuda, cuda:N, mps or xpu")
+        if self.data.kind is not None and self.data.kind not in ("number", "choice", "yes_no", "text"):
+            raise ConfigError(f"data.kind: '{self.data.kind}' is not one of number, choice, yes_no, text")
         if self.rm.init not in ("sft", "base"):
             raise ConfigError(f"rm.init: '{self.rm.init}' is not one of sft, base")
         self.rl.validate()
         for s in self.eval.stages:
             if s not in ("base", "sft", "rl"):
                 raise ConfigError(f"eval.stages: '{s}' is not one of base, sft, rl")
-        for name in ("samples_gold", "samples_wrong", "samples_free", "max_new_tokens", "batch_size"):
-            if getattr(self.generate, name) < 0 or (name in ("max_new_tokens", "batch_size") and getattr(self.generate, name) == 0):
-                raise ConfigError(f"generate.{name}: must be positive")
+        _at_least(self, 1, "data.train_limit", "data.test_limit", "generate.max_new_tokens", "generate.batch_size",
+                  "collect.max_sft_per_question", "collect.max_pairs_per_question", "collect.answer_max_new_tokens",
+                  "collect.batch_size", "sft.batch_size", "sft.grad_accum", "sft.max_length", "sft.lora.r",
+                  "rm.batch_size", "rm.grad_accum", "rm.max_length", "rm.lora.r", "eval.max_new_tokens",
+                  "eval.batch_size")
+        _at_least(self, 0, "prompts.n_shots", "generate.samples_gold", "generate.samples_wrong",
+                  "generate.samples_free", "generate.max_wrong_candidates", "generate.temperature",
+                  "sft.warmup_ratio", "sft.weight_decay", "sft.lora.dropout", "rm.lora.dropout")
+        _positive(self, "sft.epochs", "sft.learning_rate", "sft.lora.alpha", "rm.epochs", "rm.learning_rate",
+                  "rm.lora.alpha")
+        if not self.prompts.trigger.strip():
+            raise ConfigError("prompts.trigger: must not be empty (it ends every rationale: \"The answer is\")")
+        if not 0.0 < self.generate.top_p <= 1.0:
+            raise ConfigError(f"generate.top_p: must be in (0, 1], got {self.generate.top_p!r}")
+        if self.generate.samples_gold + self.generate.samples_wrong + self.generate.samples_free == 0:
+            raise ConfigError("generate.samples_gold, samples_wrong, samples_free: all 0, nothing to generate")
+        for name in ("sft.warmup_ratio", "sft.lora.dropout", "rm.lora.dropout"):
+            if _get(self, name) >= 1:
+                raise ConfigError(f"{name}: must be in [0, 1), got {_get(self, name)!r}")
         if not 0 <= self.collect.heldout_fraction < 1:
-            raise ConfigError("collect.heldout_fraction: must be in [0, 1)")
+            raise ConfigError(f"collect.heldout_fraction: must be in [0, 1), got {self.collect.heldout_fraction!r}")
         return self
+
+
+_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::\d+)?")
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _at_least(config: Any, low: int, *names: str) -> None:
+    for name in names:
+        value = _get(config, name)
+        if value is not None and value < low:
+            raise ConfigError(f"{name}: must be >= {low}, got {value!r}")
+
+
+def _positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = _get(config, name)
+        if not value > 0:
+            raise ConfigError(f"{name}: must be > 0, got {value!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -325,7 +373,12 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected key=value, e.g. generate.temperature=0.7")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML "
+                          f"({getattr(e, 'problem', None) or str(e).splitlines()[0]}); quote it, e.g. "
+                          f"{key.strip()}='...'") from None
     node: dict[str, Any] = {}
     cur = node
     parts = key.strip().split(".")
@@ -351,7 +404,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""

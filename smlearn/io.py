@@ -17,13 +17,45 @@ from typing import Any
 from .errors import DataError, SmlearnError
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON is a DataError."""
+def cannot_read(path: str | Path, e: OSError) -> SmlearnError:
+    """The one-line error for a file that exists but cannot be read (permissions, a folder, I/O)."""
+    if isinstance(e, IsADirectoryError):
+        return SmlearnError(f"{path}: is a folder, not a file")
+    return SmlearnError(f"{path}: cannot read ({e.strerror or e})")
+
+
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file's content; unreadable or non-UTF-8 files are one-line errors naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise SmlearnError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SmlearnError(f"{path}: file not found") from None
+    except OSError as e:
+        raise cannot_read(path, e) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8", path, line) from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON or bad UTF-8 is a DataError."""
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise SmlearnError(f"{path}: file not found") from None
+    except OSError as e:
+        raise cannot_read(path, e) from None
+    with f:
+        for lineno, raw in enumerate(_lines(f, path), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "save the file as UTF-8", path, lineno) from None
             if not line.strip():
                 continue
             try:
@@ -35,14 +67,28 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
+def _lines(f, path: Path) -> Iterator[bytes]:
+    try:
+        yield from f
+    except OSError as e:
+        raise cannot_read(path, e) from None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # as any file the user makes (mkstemp's is 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -67,10 +113,9 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
-    if not path.exists():
-        raise SmlearnError(f"{path}: file not found")
+    text = read_text_file(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg})", path, e.lineno) from None
 

@@ -59,8 +59,11 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
     _check_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
-    except OSError as e:
-        raise SmlearnError(f"cannot load tokenizer from '{name_or_path}': {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        # A model folder without tokenizer files raises ValueError ("Couldn't instantiate the backend tokenizer").
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SmlearnError(f"cannot load tokenizer from '{name_or_path}' (does the folder hold the tokenizer "
+                           f"files, e.g. tokenizer.json?): {first}") from None
     if tok.pad_token is None:
         # Causal LMs often ship without a pad token; eos is the usual stand-in.
         tok.pad_token = tok.eos_token

@@ -122,10 +122,10 @@ def _config(config: RunConfig | str | Path | dict | None, overrides: list[str] |
 
 
 def preflight(config: RunConfig) -> None:
-    """Fail on bad input before anything is written: data rows, exemplars, the model path."""
+    """Fail on bad input before anything is written: data rows, exemplars, the model path and tokenizer."""
     from .context import dataset_kind
     from .data import load_split
-    from .models import _check_model_path
+    from .models import _check_model_path, load_tokenizer
     from .prompts import load_exemplars
 
     for split in ("train", "test"):
@@ -138,6 +138,8 @@ def preflight(config: RunConfig) -> None:
         resolve_gguf_file(config.model.name_or_path, config.model.gguf_file)   # cheap: converts nothing
     else:
         _check_model_path(config.model.name_or_path)
+        load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code,
+                       revision=config.model.revision)
 
 
 def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides: list[str] | None = None,

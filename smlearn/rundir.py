@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config, save_config, save_config_text
-from .errors import RunDirError, SmlearnError
+from .errors import ConfigError, RunDirError, SmlearnError
 from .io import read_json, write_json
 
 # Stage → the config sections whose values its artifacts depend on (its own and upstream).
@@ -107,10 +107,17 @@ def input_files(config: RunConfig, stage: str) -> dict[str, Path]:
                 files[f"data {split}"] = source
             elif source is not None and source.is_dir():
                 for candidate in (source / f"{name}.jsonl", source / f"{name}.json"):
-                    if candidate.exists():
+                    if _exists(candidate):
                         files[f"data {split}"] = candidate
                         break
     return files
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:       # an unreadable folder: hashing the file reports it in one line
+        return True
 
 
 def input_digest(config: RunConfig, stage: str) -> dict[str, str]:
@@ -191,7 +198,12 @@ class Run:
         root = Path(root)
         if not (root / "config.yaml").exists():
             raise RunDirError(f"{root}: not a run directory (no config.yaml); start one with smlearn run --out")
-        return cls(root, load_config(root / "config.yaml", overrides).validate())
+        config = load_config(root / "config.yaml", overrides)
+        try:
+            config.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{root / 'config.yaml'}: {e}") from None
+        return cls(root, config)
 
     # -- manifest -------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

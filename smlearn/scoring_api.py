@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import load_jsonl_examples
-from .errors import DataError
+from .errors import DataError, SmlearnError
 from .evaluate.extract import DEFAULT_TRIGGER
 from .evaluate.score import ScoreResult, score_predictions
 from .io import iter_jsonl
@@ -23,6 +23,8 @@ def read_predictions(path: str | Path) -> dict[str, str]:
         if pid in predictions:
             raise DataError(f"duplicate prediction for id '{pid}'", path, line, "id")
         predictions[pid] = str(row["completion"])
+    if not predictions:
+        raise SmlearnError(f"{path}: no predictions (the file is empty)")
     return predictions
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError, SmlearnError
-from ..io import iter_jsonl
+from ..io import cannot_read, iter_jsonl
 from .schema import Example, example_from_row
 
 
@@ -49,7 +49,11 @@ def load_split(data_config, split: str) -> list[Example]:
     limit = {"train": data_config.train_limit, "test": data_config.test_limit}.get(split)
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_jsonl_examples(_split_file(path, split_name), data_config.kind, data_config.columns, limit)
+        try:
+            split_file = _split_file(path, split_name)
+        except PermissionError as e:
+            raise cannot_read(path, e) from None
+        return load_jsonl_examples(split_file, data_config.kind, data_config.columns, limit)
     if path.is_file():
         # One file serves both splits only when the user points each split at it.
         return load_jsonl_examples(path, data_config.kind, data_config.columns, limit)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, SmlearnError
+from ..io import read_text_file
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def load_exemplars(source: str, key: str | None, kind: str, trigger: str) -> lis
     if not path.exists():
         raise SmlearnError(f"prompts.exemplars: file not found: {source}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg})", path, e.lineno) from None
     if isinstance(data, dict):
