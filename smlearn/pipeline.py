@@ -128,18 +128,48 @@ def preflight(config: RunConfig) -> None:
     from .models import _check_model_path, load_tokenizer
     from .prompts import load_exemplars
 
-    for split in ("train", "test"):
-        items = load_split(config.data, split)
+    splits = {split: load_split(config.data, split) for split in ("train", "test")}
     p = config.prompts
-    load_exemplars(p.exemplars, p.exemplars_key or config.data.name, dataset_kind(items), p.trigger)
+    exemplars = load_exemplars(p.exemplars, p.exemplars_key or config.data.name, dataset_kind(splits["test"]),
+                               p.trigger)
     if config.model.gguf_file:
         from .gguf import resolve_gguf_file
 
         resolve_gguf_file(config.model.name_or_path, config.model.gguf_file)   # cheap: converts nothing
-    else:
-        _check_model_path(config.model.name_or_path)
-        load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code,
-                       revision=config.model.revision)
+        return
+    m = config.model
+    _check_model_path(m.name_or_path)
+    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    _check_prompt_lengths(config, splits, exemplars, tokenizer)
+
+
+def _check_prompt_lengths(config: RunConfig, splits: dict, exemplars, tokenizer) -> None:
+    """Generation prompts (train) and evaluation prompts (test) fit the model's context with their new
+    tokens: checked before anything runs, not when evaluation starts after all the training."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from .generate.engine import check_context
+    from .prompts import PromptBuilder
+
+    m = config.model
+    try:
+        model_config = AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code,
+                                                  revision=m.revision)
+    except (OSError, ValueError):
+        return      # loading the model reports it, with its own message
+    p = config.prompts
+    builder = PromptBuilder(exemplars=exemplars, trigger=p.trigger, n_shots=p.n_shots, tokenizer=tokenizer,
+                            chat_template=m.chat_template)
+    model = SimpleNamespace(config=model_config)
+    train = splits["train"]
+    check_context(tokenizer, model, [builder.hint(e.question, e.answer) for e in train],
+                  [f"question id {e.id}" for e in train], config.generate.max_new_tokens)
+    test = splits["test"]
+    few_shot = p.n_shots > 0 and ("base" in config.eval.stages or p.eval_few_shot_after_training)
+    check_context(tokenizer, model, [builder.cot(e.question, few_shot=few_shot) for e in test],
+                  [f"test question id {e.id}" for e in test], config.eval.max_new_tokens)
 
 
 def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides: list[str] | None = None,

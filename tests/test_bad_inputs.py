@@ -188,6 +188,13 @@ CASES = [
                  ["cannot load tokenizer from './bare'"], id="model folder without tokenizer"),
     pytest.param(_nothing, [*RUN, "model.name_or_path=./nowhere"], ["model path not found: ./nowhere"],
                  id="missing model folder"),
+    # prompts that cannot fit the model's context (1,024 tokens), found before any stage runs
+    pytest.param(_nothing, ["run", "--config", "cfg.yaml", "--out", "fresh", "eval.max_new_tokens=1000"],
+                 ["prompt longer than the model's context: test question id", "lower prompts.n_shots"],
+                 id="test prompts too long for eval.max_new_tokens"),
+    pytest.param(_nothing, ["run", "--config", "cfg.yaml", "--out", "fresh", "generate.max_new_tokens=1000"],
+                 ["prompt longer than the model's context: question id"],
+                 id="hint prompts too long for generate.max_new_tokens"),
     # run directories
     pytest.param(_nothing, ["collect", "--run", "nowhere"], ["nowhere: not a run directory"], id="not a run dir"),
     # smlearn score
