@@ -1,6 +1,8 @@
 """What every stage loads from a run: examples, a model and its tokenizer, the prompt builder."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from .data import Example, load_split
@@ -60,10 +62,23 @@ def prompt_builder(run: Run, tokenizer, kind: str) -> PromptBuilder:
 
 
 def save_model(model, tokenizer, path: str | Path) -> None:
+    """Publish a model folder atomically, like every other artifact: written whole beside its final name,
+    then renamed into place, so a killed process (or a full disk) never leaves a half-written model there."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def engine_options(run: Run):

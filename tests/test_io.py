@@ -27,3 +27,22 @@ def test_partial_rows_of_another_config_are_discarded(tmp_path, capsys):
     w.write_chunk(0, [{"id": "new"}])
     w = ChunkedJsonlWriter(final, [1, 1, 1], fingerprint="new")   # other chunking: also not resumable
     assert w.done_chunks == set()
+
+
+def test_model_folder_is_published_atomically(tmp_path):
+    from smlearn.context import save_model
+    from smlearn.models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama, load_causal_lm
+
+    tok = build_bpe_tokenizer(["Q: 1 + 1? A: 2. The answer is 2."] * 20, vocab_size=300)
+    spec = TinyLlamaSpec(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         intermediate_size=32, max_position_embeddings=64)
+    target = tmp_path / "sft" / "model"
+    (tmp_path / "sft" / ".model.tmp").mkdir(parents=True)      # left by a process killed mid-save
+    (tmp_path / "sft" / ".model.tmp" / "junk").write_text("x")
+    save_model(build_tiny_llama(tok, spec, seed=0), tok, target)
+    second = build_tiny_llama(tok, spec, seed=1)
+    save_model(second, tok, target)                            # replaces the first one whole
+    assert sorted(p.name for p in (tmp_path / "sft").iterdir()) == ["model"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in target.iterdir()}
+    loaded = load_causal_lm(str(target), device="cpu")
+    assert all((a == b).all() for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))
