@@ -69,6 +69,8 @@ def _acquire(root: Path) -> int:
         except PermissionError:
             raise RunDirError(f"{root}: run directory is not writable (permission denied); "
                               "copy it somewhere writable or use a new --out") from None
+        except (FileExistsError, NotADirectoryError):
+            raise RunDirError(f"{root}: a file is in the way, not a run directory; use another --out") from None
         except OSError as e:
             if e.errno == errno.EROFS:
                 raise RunDirError(f"{root}: run directory is on a read-only file system; "

@@ -197,6 +197,8 @@ CASES = [
                  id="hint prompts too long for generate.max_new_tokens"),
     # run directories
     pytest.param(_nothing, ["collect", "--run", "nowhere"], ["nowhere: not a run directory"], id="not a run dir"),
+    pytest.param(_nothing, ["run", "--config", "cfg.yaml", "--out", "cfg.yaml/x"],
+                 ["cfg.yaml/x: a file is in the way, not a run directory"], id="--out under a file"),
     # smlearn score
     pytest.param(lambda r: (r / "preds.jsonl").write_bytes(b'{"id": "x", "completion": "caf\xe9"}\n'),
                  ["score", "--data", "data/test.jsonl", "--predictions", "preds.jsonl"],
