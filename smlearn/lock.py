@@ -59,6 +59,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _command() -> str:
+    """What the holder is running: the smlearn command line, or the Python program using the API."""
+    argv = sys.argv or ["python"]
+    if Path(argv[0]).name in ("smlearn", "__main__.py"):
+        return " ".join(["smlearn", *argv[1:]])
+    return " ".join(["python", *argv])
+
+
 def _acquire(root: Path) -> int:
     """Take the lock of `root` (created if needed); RunDirError if another process holds it."""
     path = root / LOCK_NAME
@@ -98,8 +106,7 @@ def _acquire(root: Path) -> int:
             alive = old.get("host") == socket.gethostname() and _pid_alive(int(old["pid"]))
             note = "" if alive else " (no longer running)"
             print(f"[smlearn] {root}: taking over the lock left by {_describe(old)}{note}", flush=True)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "command": " ".join(["smlearn", *sys.argv[1:]])[:200] if sys.argv else "smlearn",
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()[:200],
                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
