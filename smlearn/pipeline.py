@@ -176,8 +176,8 @@ def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides
         force: bool = False, progress: bool = True, until: str | None = None) -> Run:
     """Run every stage in order into `out`; finished stages with the same config are skipped."""
     config = _config(config, overrides).validate()
-    preflight(config)
-    with run_lock(out):
+    with run_lock(out):          # first: a second writer is refused before any slow check
+        preflight(config)
         the_run = Run.create(out, config, force=force)
         t0 = time.time()
         for stage in STAGES:
