@@ -45,7 +45,7 @@ def _level_means(levels: dict | None) -> str:
 def per_seed_table(per_seed: dict[int, dict]) -> str:
     """Per seed: SML - SFT (arithmetic, all), RM held-out pairwise accuracy (per level pair), RM mean score
     high / mid / low on held-out and on all scored completions, RL's held-out greedy accuracy first -> last."""
-    lines = ["| seed | SML − SFT arithmetic | SML − SFT all | RM held-out (2>0, 2>1, 1>0) | "
+    lines = ["| seed | SML − SFT arithmetic | SML − SFT all | RM held-out accuracy (pairs; 2>0, 2>1, 1>0) | "
              "RM mean high / mid / low, held-out | same, all | RL held-out greedy |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for seed, m in per_seed.items():
@@ -56,12 +56,13 @@ def per_seed_table(per_seed: dict[int, dict]) -> str:
         pairs = ", ".join(f"{by[k]['accuracy']:.2f}" if k in by and by[k]["accuracy"] is not None else "n/a"
                           for k in ("2>0", "2>1", "1>0"))
         held = rm.get("heldout_accuracy")
+        n_held = rm.get("heldout_pairs")
         rl = m.get("rl") or {}
         ev = rl.get("eval_accuracy") or {}
         first = (rl.get("initial_eval_accuracy") or {}).get("first")
         greedy = f"{first:.3f} → {ev['last']:.3f}" if first is not None and ev else "n/a"
         lines.append(f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | "
-                     f"{held:.3f} ({pairs}) | {_level_means(rm.get('heldout_levels'))} | "
+                     f"{held:.3f} ({n_held}; {pairs}) | {_level_means(rm.get('heldout_levels'))} | "
                      f"{_level_means(rm.get('levels'))} | {greedy} |" if held is not None else
                      f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | n/a | n/a | n/a | {greedy} |")
     return "\n".join(lines)

@@ -72,9 +72,10 @@ class GenerateConfig:
 class CollectConfig:
     max_sft_per_question: int = 4     # cap of deduplicated high-quality rationales per question
     max_pairs_per_question: int = 8
+    pairs: str = "right_over_wrong"   # right_over_wrong (high over mid/low) or all_levels (mid over low too)
     answer_max_new_tokens: int = 12   # hint-free final answer step
     batch_size: int = 32
-    heldout_fraction: float = 0.1     # questions whose pairs are held out for RM evaluation
+    heldout_fraction: float = 0.1     # of the questions with pairs: their pairs are held out for RM evaluation
     seed: int = 0
 
 
@@ -242,6 +243,8 @@ class RunConfig:
             raise ConfigError(f"model.device: '{self.model.device}' is not auto, cpu, cuda, cuda:N, mps or xpu")
         if self.data.kind is not None and self.data.kind not in ("number", "choice", "yes_no", "text"):
             raise ConfigError(f"data.kind: '{self.data.kind}' is not one of number, choice, yes_no, text")
+        if self.collect.pairs not in ("right_over_wrong", "all_levels"):
+            raise ConfigError(f"collect.pairs: '{self.collect.pairs}' is not one of right_over_wrong, all_levels")
         if self.rm.init not in ("sft", "base"):
             raise ConfigError(f"rm.init: '{self.rm.init}' is not one of sft, base")
         self.rl.validate()

@@ -1,9 +1,11 @@
 """Collection on hand-made cases: levels, the SFT set and the pairs exactly as method.md specifies."""
 from types import SimpleNamespace
 
+import pytest
+
 from smlearn.collect import collect as collect_module
 from smlearn.collect.levels import (HIGH, LOW, MID, assign_level, build_pairs, build_sft, collect_stats,
-                                    heldout_questions, hint_leak)
+                                    heldout_questions, hint_leak, split_pairs)
 from smlearn.data import Example
 from smlearn.prompts import BUILTIN, PromptBuilder
 
@@ -52,20 +54,28 @@ def test_sft_set_is_high_only_deduplicated_and_capped():
     assert len(build_sft(_judged(), PROMPTS, GOLD, TRIGGER, cap=1)) == 1
 
 
-def test_pairs_have_chosen_strictly_above_rejected_within_a_question():
-    pairs = build_pairs(_judged(), PROMPTS, TRIGGER, cap=100, heldout={"q2"})
-    got = {(p["chosen_id"], p["rejected_id"]) for p in pairs}
+RIGHT_OVER_WRONG = {("q1/gold/0/0", "q1/gold/0/2"), ("q1/gold/0/0", "q1/wrong/1/0"),
+                    ("q1/free/0/0", "q1/gold/0/2"), ("q1/free/0/0", "q1/wrong/1/0")}
+
+
+def test_default_pairs_are_right_over_wrong_only():
     # q1 unique rationales: high {gold/0, free/0}, mid {gold/2}, low {wrong/1}; q2: mid {gold}, low {wrong}.
-    expected = {
-        ("q1/gold/0/0", "q1/gold/0/2"), ("q1/gold/0/0", "q1/wrong/1/0"),
-        ("q1/free/0/0", "q1/gold/0/2"), ("q1/free/0/0", "q1/wrong/1/0"),
-        ("q1/gold/0/2", "q1/wrong/1/0"),
-        ("q2/gold/0/0", "q2/wrong/1/0"),
-    }
+    pairs = build_pairs(_judged(), PROMPTS, TRIGGER, cap=100)
+    assert {(p["chosen_id"], p["rejected_id"]) for p in pairs} == RIGHT_OVER_WRONG
+    assert all(p["chosen_level"] == HIGH and p["rejected_level"] < HIGH for p in pairs)
+    # q2 has no rationale that supports the gold answer: no pair.
+    assert not [p for p in pairs if p["question_id"] == "q2"]
+    with pytest.raises(ValueError, match="pair kind"):
+        build_pairs(_judged(), PROMPTS, TRIGGER, cap=100, kind="mid_over_low")
+
+
+def test_all_level_pairs_have_chosen_strictly_above_rejected_within_a_question():
+    pairs = build_pairs(_judged(), PROMPTS, TRIGGER, cap=100, kind="all_levels")
+    got = {(p["chosen_id"], p["rejected_id"]) for p in pairs}
+    expected = RIGHT_OVER_WRONG | {("q1/gold/0/2", "q1/wrong/1/0"), ("q2/gold/0/0", "q2/wrong/1/0")}
     assert got == expected
     for p in pairs:
-        assert p["chosen_level"] > p["rejected_level"]
-        assert p["split"] == ("heldout" if p["question_id"] == "q2" else "train")
+        assert p["chosen_level"] > p["rejected_level"] and p["split"] == "train"
     mid_low = next(p for p in pairs if p["chosen_id"] == "q1/gold/0/2")
     # Completions end with the answer the rationale supports, as RL rollouts will.
     assert mid_low["chosen"] == " 3 * 4 = 12. The answer is 12."
@@ -80,7 +90,7 @@ def test_pairs_end_with_the_models_own_final_output_never_a_made_up_answer():
         row("q2/gold/0/0", "q2", "gold", "It is blue.", "C", True),
         row("q2/wrong/1/0", "q2", "wrong", "Nobody knows.", None, False, final_output=" unknown."),
     ]
-    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100, heldout=set())
+    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100)
     by_ids = {(p["chosen_id"], p["rejected_id"]): p for p in pairs}
     # The rationale with an empty final output is in no pair.
     assert set(by_ids) == {("q1/gold/0/0", "q1/wrong/1/0"), ("q2/gold/0/0", "q2/wrong/1/0")}
@@ -90,8 +100,8 @@ def test_pairs_end_with_the_models_own_final_output_never_a_made_up_answer():
 
 
 def test_pairs_cap_is_a_seeded_sample():
-    a = build_pairs(_judged(), PROMPTS, TRIGGER, cap=2, heldout=set(), seed=3)
-    b = build_pairs(_judged(), PROMPTS, TRIGGER, cap=2, heldout=set(), seed=3)
+    a = build_pairs(_judged(), PROMPTS, TRIGGER, cap=2, seed=3, kind="all_levels")
+    b = build_pairs(_judged(), PROMPTS, TRIGGER, cap=2, seed=3, kind="all_levels")
     assert a == b
     assert sum(1 for p in a if p["question_id"] == "q1") == 2
     # Capped pairs are right-over-wrong first: q1 has four with a high chosen rationale and one mid > low.
@@ -101,7 +111,7 @@ def test_pairs_cap_is_a_seeded_sample():
     judged += [row(f"q1/gold/1/{i}", "q1", "gold", f"mid rationale {i}.", str(10 + i), False) for i in range(3)]
     judged += [row(f"q1/wrong/2/{i}", "q1", "wrong", f"low rationale {i}.", str(20 + i), False) for i in range(3)]
     for seed in range(10):
-        kept = build_pairs(judged, PROMPTS, TRIGGER, cap=8, heldout=set(), seed=seed)
+        kept = build_pairs(judged, PROMPTS, TRIGGER, cap=8, seed=seed, kind="all_levels")
         assert sorted(p["chosen_level"] for p in kept) == [MID, MID] + [HIGH] * 6, seed
 
 
@@ -110,12 +120,30 @@ def test_heldout_split_and_stats():
     assert len(held) == 5 and held == heldout_questions([f"q{i}" for i in range(20)], 0.25, seed=0)
     judged = _judged()
     sft = build_sft(judged, PROMPTS, GOLD, TRIGGER, cap=4)
-    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100, heldout={"q2"})
+    pairs = split_pairs(build_pairs(judged, PROMPTS, TRIGGER, cap=100, kind="all_levels"), 0.5, seed=0)
+    assert split_pairs(pairs, 0.5, seed=0) == pairs
+    held_q = {p["question_id"] for p in pairs if p["split"] == "heldout"}
+    assert len(held_q) == 1 and {p["split"] for p in pairs if p["question_id"] not in held_q} == {"train"}
     stats = collect_stats(judged, sft, pairs, ["q1", "q2", "q3"], "toy")
     assert stats["levels"] == {"high": 3, "mid": 2, "low": 2}
     assert stats["levels_by_source"]["gold"] == {"high": 2, "mid": 2, "low": 0}
     assert stats["questions_with_high"] == 1 and abs(stats["yield_per_question"] - 1 / 3) < 1e-9
-    assert stats["pairs_train"] == 5 and stats["pairs_heldout"] == 1 and stats["sft_examples"] == 2
+    assert stats["pairs_train"] + stats["pairs_heldout"] == 6 and stats["pairs_heldout"] in (1, 5)
+    assert stats["sft_examples"] == 2
+
+
+def test_heldout_questions_are_drawn_among_questions_with_pairs():
+    # 40 questions, 4 of them with a high rationale: right-over-wrong pairs come from those 4 only, and a
+    # held-out fraction of 0.25 holds out one of them, never every pair (a split over all 40 questions would
+    # often hold out none of the 4 or, with few of them, all).
+    judged = []
+    for i in range(40):
+        judged.append(row(f"q{i}/wrong/1/0", f"q{i}", "wrong", f"wrong {i}.", "1", False))
+        if i % 10 == 0:
+            judged.append(row(f"q{i}/gold/0/0", f"q{i}", "gold", f"right {i}.", "2", True))
+    prompts = {f"q{i}": f"Q: {i}?\nA:" for i in range(40)}
+    pairs = split_pairs(build_pairs(judged, prompts, TRIGGER, cap=8), 0.25, seed=0)
+    assert len(pairs) == 4 and sorted(p["split"] for p in pairs) == ["heldout", "train", "train", "train"]
 
 
 def test_hint_leak_flags_hinted_rationales_that_mention_the_hint_or_restate_the_answer():
@@ -160,7 +188,7 @@ def test_leaked_rationales_are_kept_out_of_sft_and_pairs_and_counted():
     ]
     sft = build_sft(judged, PROMPTS, GOLD, TRIGGER, cap=4)
     assert [s["rationale_id"] for s in sft] == ["q1/gold/0/0", "q1/free/0/0"]
-    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100, heldout=set())
+    pairs = build_pairs(judged, PROMPTS, TRIGGER, cap=100)
     assert {(p["chosen_id"], p["rejected_id"]) for p in pairs} == {("q1/gold/0/0", "q1/wrong/1/0"),
                                                                    ("q1/free/0/0", "q1/wrong/1/0")}
     stats = collect_stats(judged, sft, pairs, ["q1"], "toy")

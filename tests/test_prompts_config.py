@@ -92,6 +92,7 @@ def test_config_types_overrides_and_errors(tmp_path):
     path.write_text("model: {name_or_path: m}\ndata: {source: d}\nsft: {learning_rate: 5E-5, lora: {enabled: true, r: 8}}\n")
     assert load_config(path).sft.learning_rate == 5e-5
     for bad, needle in [("rl.algorithm=a2c", "rl.algorithm"), ("eval.stages=[x]", "eval.stages"),
+                        ("collect.pairs=mid_over_low", "collect.pairs: 'mid_over_low' is not one of"),
                         ("sft.epochs=many", "sft.epochs: expected a number"), ("model.trust_remote_code=2",
                                                                                  "expected true or false")]:
         with pytest.raises(ConfigError, match=needle):

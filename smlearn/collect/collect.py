@@ -15,7 +15,7 @@ from ..evaluate.extract import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
 from ..rundir import Run
 from ..generate.engine import SamplingParams, generate_texts
-from .levels import assign_level, build_pairs, build_sft, collect_stats, heldout_questions, hint_leak
+from .levels import assign_level, build_pairs, build_sft, collect_stats, hint_leak, split_pairs
 
 
 def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg, options=None) -> list[dict]:
@@ -66,9 +66,9 @@ def collect(run: Run, progress: bool = True) -> dict:
     zero_shot = {e.id: builder.cot(e.question, few_shot=run.config.prompts.eval_few_shot_after_training)
                  for e in items}
     gold = {e.id: e.answer for e in items}
-    heldout = heldout_questions(list(by_id), cfg.heldout_fraction, cfg.seed)
     sft = build_sft(judged, zero_shot, gold, builder.trigger, cfg.max_sft_per_question)
-    pairs = build_pairs(judged, zero_shot, builder.trigger, cfg.max_pairs_per_question, heldout, cfg.seed)
+    pairs = split_pairs(build_pairs(judged, zero_shot, builder.trigger, cfg.max_pairs_per_question, cfg.seed,
+                                    cfg.pairs), cfg.heldout_fraction, cfg.seed)
     stats = collect_stats(judged, sft, pairs, list(by_id), run.config.data.name or run.config.data.source)
     write_jsonl(run.path("sft.jsonl"), sft)
     write_jsonl(run.path("pairs.jsonl"), pairs)

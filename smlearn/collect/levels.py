@@ -103,24 +103,35 @@ def pair_answer(row: dict[str, Any]) -> str | None:
     return raw or None
 
 
+PAIR_KINDS = ("right_over_wrong", "all_levels")
+
+
 def build_pairs(judged: list[dict[str, Any]], prompts: dict[str, str], trigger: str, cap: int,
-                heldout: set[str], seed: int = 0) -> list[dict[str, Any]]:
+                seed: int = 0, kind: str = "right_over_wrong") -> list[dict[str, Any]]:
     """(chosen, rejected) of the same question with chosen's level strictly above rejected's.
+
+    `kind` "right_over_wrong" (the default): chosen is high (its rationale
+    supports the gold answer) and rejected is mid or low (it supports a wrong
+    one): the method's core premise. "all_levels" adds mid over low, two
+    rationales that both support a wrong answer and differ only in the hint they
+    were written for; in the lab a reward model ranks those at chance and they
+    crowd out the right-over-wrong pairs (docs/results.md, the RM table).
 
     Each completion ends with the answer its rationale supports (`pair_answer`:
     the model's final answer), which is what the reward model will see in RL
     rollouts. A row with an empty rationale, a hint leak or an empty final
     output is in no pair. When a question has more than `cap` pairs, `cap` are
-    kept: pairs whose chosen rationale is high (it supports the gold answer, the
-    rejected one does not: the method's core premise) first, then mid over low
-    (both support a wrong answer; only the hint they were written for differs),
-    a seeded sample within each group.
+    kept: right-over-wrong pairs first, then mid over low, a seeded sample
+    within each group. Every pair is "train" until `split_pairs` holds some out.
     """
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"pair kind {kind!r} is not one of {', '.join(PAIR_KINDS)}")
     rng = random.Random(seed)
     out = []
     for qid, rows in _by_question(judged).items():
         rows = _unique([r for r in rows if r["rationale"].strip() and not r["hint_leak"] and pair_answer(r)])
-        pairs = [(c, r) for c in rows for r in rows if c["level"] > r["level"]]
+        pairs = [(c, r) for c in rows for r in rows
+                 if c["level"] > r["level"] and (kind == "all_levels" or c["level"] == HIGH)]
         if len(pairs) > cap:
             right_over_wrong = [p for p in pairs if p[0]["level"] == HIGH]
             others = [p for p in pairs if p[0]["level"] != HIGH]
@@ -131,9 +142,18 @@ def build_pairs(judged: list[dict[str, Any]], prompts: dict[str, str], trigger: 
                         "chosen": completion_text(c["rationale"], pair_answer(c), trigger),
                         "rejected": completion_text(r["rationale"], pair_answer(r), trigger),
                         "chosen_level": c["level"], "rejected_level": r["level"],
-                        "chosen_id": c["id"], "rejected_id": r["id"],
-                        "split": "heldout" if qid in heldout else "train"})
+                        "chosen_id": c["id"], "rejected_id": r["id"], "split": "train"})
     return out
+
+
+def split_pairs(pairs: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    """Hold out the pairs of a seeded `fraction` of the questions that have pairs (they evaluate the RM).
+
+    Drawn among questions with pairs, not all questions: on a hard dataset most
+    questions have no rationale that reaches the gold answer, hence no pair.
+    """
+    heldout = heldout_questions(sorted({p["question_id"] for p in pairs}), fraction, seed)
+    return [{**p, "split": "heldout" if p["question_id"] in heldout else "train"} for p in pairs]
 
 
 def heldout_questions(question_ids: list[str], fraction: float, seed: int) -> set[str]:
