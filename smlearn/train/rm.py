@@ -26,7 +26,8 @@ from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
 from .lora import build_lora_config, merge_lora, prepare_for_training
 from .scoring import RewardScorer, load_reward_backbone
-from .sft import drop_log_printer, quiet_unless, remove_if_empty, trainer_args
+from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
+from .sft import quiet_unless, remove_if_empty, trainer_args
 
 SPLITS = ("train", "heldout")
 
@@ -69,14 +70,15 @@ def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]
 
     cfg = run.config.rm
     device = resolve_device(run.config.model.device)
-    args = RewardConfig(**trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress))
+    args = RewardConfig(**trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress,
+                                       hf_report_to(run), run_name(run, "rm")))
     dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                                  for r in train_rows])
     peft_config = build_lora_config(cfg.lora, "seq_cls") if cfg.lora.enabled else None
     with quiet_unless(progress):
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 peft_config=peft_config)
-    drop_log_printer(trainer, progress)
+    setup_trainer_callbacks(trainer, run, "rm", progress)
     return trainer
 
 
