@@ -99,7 +99,7 @@ def _dispatch(args) -> int:
             print(f"[smlearn] report: {out}")
         return 0
     if args.command == "eval":
-        pipeline.evaluate(args.run, args.stages)
+        pipeline._log("eval", pipeline.evaluate(args.run, args.stages))
         return 0
     if args.command == "train":
         fn = {"sft": pipeline.train_sft, "rm": pipeline.train_rm, "rl": pipeline.train_rl}[args.what]
@@ -127,6 +127,9 @@ def _disk_full(e: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .console import quiet_libraries
+
+    quiet_libraries()
     try:
         return _dispatch(args)
     except SmlearnError as e:

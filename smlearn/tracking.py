@@ -73,7 +73,7 @@ def setup_trainer_callbacks(trainer, run, stage: str, progress: bool) -> None:
 
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None and progress:
-        trainer.add_callback(_quiet_progress_class()())
+        trainer.add_callback(_quiet_progress_class()(stage))
     if "tensorboard" in _targets(run):
         from transformers.integrations import TensorBoardCallback
 
@@ -85,7 +85,19 @@ def _quiet_progress_class():
     from transformers.trainer_callback import ProgressCallback
 
     class _QuietProgressCallback(ProgressCallback):
-        """The trainer's progress bars without the dict it writes under them at every logging step."""
+        """The trainer's progress bar, named after the stage, without the dict it writes under it at every
+        logging step."""
+
+        def __init__(self, desc: str):
+            super().__init__()
+            self.desc = desc
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from tqdm.auto import tqdm
+
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=self.desc)
+            self.current_step = 0
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             return None

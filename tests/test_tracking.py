@@ -99,3 +99,24 @@ def test_every_config_field_is_in_the_readme_table():
         in_section = [r for r in rows if f"`{section}." in r]
         assert any(f"`{name}`" in r or f"`{leaf}`" in r or f"`{first}.*`" in r or
                    (middle and f"`{middle[0]}.*`" in r) for r in in_section), f"{name} missing from the README table"
+
+
+def test_console_is_one_line_per_stage_plus_bars(tmp_path, tiny_base, capfd):
+    """The `smlearn` command's console: stage lines on stdout; on stderr only progress bars (no trainer dict
+    per logging step, no library warnings, no model load/save bars)."""
+    from smlearn.cli import main
+
+    data = write_slice(bench("multiarith"), tmp_path / "data", 8, 4)
+    import yaml
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config(tiny_base, data, "multiarith")))
+    assert main(["run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert all(line.startswith("[smlearn] ") for line in lines), lines
+    assert [line.split(":")[0] for line in lines][:7] == [f"[smlearn] {s}" for s in
+                                                         ("generate", "collect", "sft", "rm", "rl", "eval", "report")]
+    assert "'loss'" not in out + err and "learning_rate" not in out + err
+    assert "Warning" not in err and "warn(" not in err
+    assert "Loading weights" not in err and "Writing model shards" not in err and "Tokenizing" not in err
+    bars = {segment.split(":")[0].strip() for segment in err.replace("\r", "\n").splitlines() if "%|" in segment}
+    assert {"sft", "rm", "ppo", "eval base", "eval sft", "eval rl"} <= bars, bars
