@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--trigger", default="The answer is")
     sc.add_argument("--json", action="store_true", help="print a JSON summary")
 
+    v = sub.add_parser("view", help="write one self-contained HTML page to browse a run (no server, no network)")
+    v.add_argument("--run", required=True, help="run directory")
+    v.add_argument("--out", help="HTML file (default: <run>/view.html)")
+
     lab = sub.add_parser("lab", help="the reasoning lab (synthetic tasks, tiny pretrained model)")
     lab.add_argument("action", choices=["pretrain"])
     lab.add_argument("--ship", action="store_true",
@@ -84,6 +88,11 @@ def _dispatch(args) -> int:
             return 0
         out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
         pipeline.run(args.config, out, overrides=args.overrides, force=args.force, until=args.until)
+        return 0
+    if args.command == "view":
+        from .view import write_view
+
+        print(f"[smlearn] view: {write_view(args.run, args.out)}")
         return 0
     if args.command == "lab":
         from .lab.default import pretrain_command

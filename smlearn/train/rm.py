@@ -159,9 +159,12 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
         for r in rows:
             for side in ("chosen", "rejected"):
                 key = (split, r.get("question_id"), r["prompt"], r[side])
-                completions.setdefault(key, {"question_id": r.get("question_id"), "split": split,
-                                             "level": r.get(f"{side}_level"), "prompt": r["prompt"],
-                                             "completion": r[side]})
+                entry = completions.setdefault(key, {"question_id": r.get("question_id"), "split": split,
+                                                     "level": r.get(f"{side}_level"), "prompt": r["prompt"],
+                                                     "completion": r[side], "rationale_ids": []})
+                rid = r.get(f"{side}_id")
+                if rid is not None and rid not in entry["rationale_ids"]:
+                    entry["rationale_ids"].append(rid)
     items = list(completions.values())
     values = scorer.score([c["prompt"] for c in items], [c["completion"] for c in items], batch_size=batch_size)
     score_of = {key: v for key, v in zip(completions, values)}
@@ -202,6 +205,7 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
     if not heldout_rows:
         metrics["heldout_note"] = ("no held-out pairs (collect.heldout_fraction is 0 or too few questions): "
                                    "heldout accuracy is not measured")
-    scores = [{"question_id": c["question_id"], "split": c["split"], "level": c["level"], "score": v}
-              for c, v in zip(items, values)]
+    # rationale_ids: the judged.jsonl rows with this completion (what `smlearn view` shows the score of).
+    scores = [{"question_id": c["question_id"], "split": c["split"], "level": c["level"], "score": v,
+               "rationale_ids": c["rationale_ids"]} for c, v in zip(items, values)]
     return metrics, scores
