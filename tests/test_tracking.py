@@ -120,3 +120,23 @@ def test_console_is_one_line_per_stage_plus_bars(tmp_path, tiny_base, capfd):
     assert "Loading weights" not in err and "Writing model shards" not in err and "Tokenizing" not in err
     bars = {segment.split(":")[0].strip() for segment in err.replace("\r", "\n").splitlines() if "%|" in segment}
     assert {"sft", "rm", "ppo", "eval base", "eval sft", "eval rl"} <= bars, bars
+
+
+def test_lab_run_tensorboard_has_ppo_sft_and_rm_scalars(tmp_path, monkeypatch):
+    """A (small) reasoning-lab run with PPO: its event files load in TensorBoard's reader with the SFT, RM
+    and PPO scalars; GRPO (the lab's default) is covered in test_integration."""
+    from smlearn.lab.default import run_lab
+
+    monkeypatch.setenv("SMLEARN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "lab"
+    run_lab(out, ["lab.n_train=8", "lab.n_test=4", "lab.n_rl=12", "rl.algorithm=ppo", "rl.steps=2",
+                  "rl.rollout_batch_size=8", "rl.mini_batch_size=8", "rl.num_generations=2", "rl.eval_questions=4",
+                  "rl.eval_every=1", "rl.max_new_tokens=48", "generate.samples_free=2", "generate.samples_gold=2"],
+            progress=False)
+    assert "train/loss" in _scalars(out / "tb" / "sft")
+    assert {"train/loss", "train/learning_rate"} <= set(_scalars(out / "tb" / "rm"))
+    ppo = _scalars(out / "tb" / "rl")
+    for key in ("reward_mean", "kl_mean", "response_length_mean", "clipfrac", "rm_score_mean", "correct_mean",
+                "eval_accuracy"):
+        assert f"train/{key}" in ppo, key
+    assert len(ppo["train/reward_mean"]) == 2
