@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--trigger", default="The answer is")
     sc.add_argument("--json", action="store_true", help="print a JSON summary")
 
+    v = sub.add_parser("view", help="write one self-contained HTML page to browse a run (no server, no network)")
+    v.add_argument("--run", required=True, help="run directory")
+    v.add_argument("--out", help="HTML file (default: <run>/view.html)")
+
     lab = sub.add_parser("lab", help="the reasoning lab (synthetic tasks, tiny pretrained model)")
     lab.add_argument("action", choices=["pretrain"])
     lab.add_argument("--ship", action="store_true",
@@ -85,6 +89,11 @@ def _dispatch(args) -> int:
         out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
         pipeline.run(args.config, out, overrides=args.overrides, force=args.force, until=args.until)
         return 0
+    if args.command == "view":
+        from .view import write_view
+
+        print(f"[smlearn] view: {write_view(args.run, args.out)}")
+        return 0
     if args.command == "lab":
         from .lab.default import pretrain_command
 
@@ -99,7 +108,7 @@ def _dispatch(args) -> int:
             print(f"[smlearn] report: {out}")
         return 0
     if args.command == "eval":
-        pipeline.evaluate(args.run, args.stages)
+        pipeline._log("eval", pipeline.evaluate(args.run, args.stages))
         return 0
     if args.command == "train":
         fn = {"sft": pipeline.train_sft, "rm": pipeline.train_rm, "rl": pipeline.train_rl}[args.what]
@@ -127,6 +136,9 @@ def _disk_full(e: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .console import quiet_libraries
+
+    quiet_libraries()
     try:
         return _dispatch(args)
     except SmlearnError as e:

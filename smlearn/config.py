@@ -214,6 +214,13 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    # Where training stages log their scalars (TRL's report_to): tensorboard (<run>/tb/<stage>/), wandb,
+    # trackio, or [none]. Logging only: no stage's results depend on it.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -224,6 +231,7 @@ class RunConfig:
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     rl: RLStageConfig = field(default_factory=RLStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +256,9 @@ class RunConfig:
         if self.rm.init not in ("sft", "base"):
             raise ConfigError(f"rm.init: '{self.rm.init}' is not one of sft, base")
         self.rl.validate()
+        from .tracking import check_report_to
+        if (problem := check_report_to(self.log.report_to)) is not None:
+            raise ConfigError(f"log.report_to: {problem}")
         for s in self.eval.stages:
             if s not in ("base", "sft", "rl"):
                 raise ConfigError(f"eval.stages: '{s}' is not one of base, sft, rl")

@@ -44,8 +44,19 @@ def _check_local_data(run: Run) -> None:
             load_split(run.config.data, role.split(" ", 1)[1])
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _log(stage: str, summary: dict[str, Any]) -> None:
-    items = ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    """One line per stage: its summary's scalars (and, for eval, each model's accuracy)."""
+    parts = []
+    for k, v in summary.items():
+        if isinstance(v, dict) and "accuracy" in v:
+            parts.append(f"{k} {v['accuracy']:.4f} ({v.get('correct')}/{v.get('total')})")
+        elif not isinstance(v, (dict, list)):
+            parts.append(f"{k} {_fmt(v)}")
+    items = ", ".join(parts)
     print(f"[smlearn] {stage}: {items}", flush=True)
 
 

@@ -245,3 +245,36 @@ def test_benchmark_gold_answers_are_canonical():
             assert normalize_answer(row["answer"], row["kind"]) == row["answer"], row["id"]
             if row["kind"] == "choice":
                 assert row["answer"] in row["choices"], row["id"]
+
+
+# Issue 12: edge cases that extraction used to get wrong (what it gave before in the comment).
+@pytest.mark.parametrize("completion, kind, expected", [
+    ("The answer is .5", "number", "0.5"),                                 # was 5
+    ("The answer is -.5.", "number", "-0.5"),
+    ("The answer is b.", "choice", "B"),                                   # was None
+    # A scale word is not applied: the number as written, as lm-eval's GSM8K regex reads it.
+    ("The answer is 1.5 million.", "number", "1.5"),
+    ("The answer is twelve.", "number", "12"),                             # was None
+    ("The answer is twenty-one.", "number", "21"),
+    ("The answer is one hundred and five apples.", "number", "105"),
+    ("The answer is minus three.", "number", "-3"),
+    ("The answer is 5 apples and 3 pears, so 8.", "number", "8"),         # was 5
+    ("The answer is 3 + 4, which is 7.", "number", "7"),
+    # A negated answer word is no answer (not "no"): see _parse_yes_no.
+    ("The answer is not yes.", "yes_no", None),                            # was yes
+    ("The answer isn't true.", "yes_no", None),
+])
+def test_issue12_extraction_edge_cases(completion, kind, expected):
+    assert extract_answer(completion, kind) == expected
+
+
+def test_lone_lower_case_letter_must_be_an_option():
+    assert extract_answer("The answer is b.", "choice", {"A": "x", "B": "y"}) == "B"
+    assert extract_answer("The answer is f.", "choice", {"A": "x", "B": "y"}) is None
+    # A lone "a" before an option text is still the article.
+    assert extract_answer("The answer is a mall.", "choice", CSQA_CHOICES) == "D"
+
+
+def test_number_words_only_without_digits():
+    assert extract_answer("The answer is 3 (three).", "number") == "3"
+    assert extract_answer("The answer is five three.", "number") is None

@@ -165,3 +165,10 @@ def test_critic_free_rl_variants(finished_run, tmp_path, algorithm):
     assert "initial_eval_accuracy" in log[0] and all(0 <= r["eval_accuracy"] <= 1 for r in log)
     assert summary["heldout_questions"] == 3 and summary["questions"] == len(run_examples(run)) - 3
     assert (copy / "rl" / "model" / "model.safetensors").exists()
+    # TensorBoard: TRL's own metrics in tb/rl/, the reward's parts per step in tb/rl-reward/.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trl_tags = EventAccumulator(str(copy / "tb" / "rl")).Reload().Tags()["scalars"]
+    assert "train/loss" in trl_tags
+    parts = EventAccumulator(str(copy / "tb" / "rl-reward")).Reload()
+    assert [e.value for e in parts.Scalars("train/correct_mean")] == pytest.approx([r["correct_mean"] for r in log])

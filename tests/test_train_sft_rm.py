@@ -192,7 +192,7 @@ def test_rm_learns_the_ranking_and_writes_metrics(tmp_path, base_dir):
     assert {"2", "1", "0"} >= set(metrics["levels"])
     assert metrics["levels"]["2"]["n"] == len(metrics["levels"]["2"]["scores"])
     scores = read_jsonl(run.path("rm", "scores.jsonl"))
-    assert {"question_id", "split", "level", "score"} <= set(scores[0])
+    assert {"question_id", "split", "level", "score", "rationale_ids"} <= set(scores[0])
     assert len(scores) == metrics["scored_completions"]
 
     # The scorer reloads the saved model; a text's score does not depend on its batch.

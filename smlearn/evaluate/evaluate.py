@@ -54,6 +54,5 @@ def evaluate(run: Run, stages: list[str] | None = None, progress: bool = True) -
     for stage in stages:
         metrics[stage] = evaluate_stage(run, stage, progress)
         write_json(metrics_path, metrics)
-        print(f"eval {stage}: {metrics[stage]['accuracy']:.4f} ({metrics[stage]['correct']}/{metrics[stage]['total']})")
     run.mark_done("eval", {s: round(m["accuracy"], 4) for s, m in metrics.items()})
     return metrics

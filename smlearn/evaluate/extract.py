@@ -103,14 +103,18 @@ _NUMBER_RE = re.compile(
     r"(?P<sign>(?<![\w)])[-+\u2212])?"
     r"(?:\$\s?)?"
     # Thousands separators only in well-formed groups, so "3,4" is two numbers.
-    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
-    r"(?P<frac>\.\d+)?"
+    r"(?:(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?"
+    # A decimal without its leading zero (".5"), but not the tail of "1.5" or of a word ("v.5").
+    r"|(?<![\w.,])(?P<bare>\.\d+))"
     r"(?:/(?P<den>\d+))?"
 )
 
 
 def _number_value(match: re.Match[str]) -> Fraction | None:
-    value = Fraction(match["int"].replace(",", "") + (match["frac"] or ""))
+    if match["bare"] is not None:
+        value = Fraction("0" + match["bare"])
+    else:
+        value = Fraction(match["int"].replace(",", "") + (match["frac"] or ""))
     if match["den"] is not None:
         if int(match["den"]) == 0:
             return None
@@ -125,7 +129,36 @@ def _format_number(value: Fraction) -> str:
     return format(Decimal(repr(float(value))), "f")
 
 
+# "\frac{1}{2}" (and \dfrac, \tfrac) with digits only is read as 1/2 without math-verify.
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+# None: use math-verify for LaTeX/expression answers when the `math` extra is installed; True/False: force.
+_USE_MATH_VERIFY: bool | None = None
+
+
+def set_math_verify(enabled: bool | None) -> None:
+    """Use math-verify for number answers written as LaTeX or expressions: None (default) when installed,
+    False never, True always (an error when it is not installed)."""
+    global _USE_MATH_VERIFY
+    if enabled:
+        from . import math_equiv
+        if not math_equiv.available():
+            raise SmlearnError("math-verify is not installed: pip install 'smlearn[math]'")
+    _USE_MATH_VERIFY = enabled
+
+
+def _math_verify_on() -> bool:
+    from . import math_equiv
+    return math_equiv.available() if _USE_MATH_VERIFY is None else _USE_MATH_VERIFY
+
+
 def _parse_number(text: str, last: bool = False) -> str | None:
+    if not last and _math_verify_on():
+        from . import math_equiv
+        if math_equiv.looks_like_math(text):
+            value = math_equiv.math_number(text.strip())
+            if value is not None:
+                return _format_number(value)
+    text = _LATEX_FRAC_RE.sub(r"\1/\2", text)
     matches = list(_NUMBER_RE.finditer(_CALCULATOR_RE.sub("", text)))
     if not matches:
         return None
@@ -180,9 +213,72 @@ def parse_gold_number(text: str) -> str | None:
     return _format_number(value)
 
 
+# Number words, for "The answer is twelve." (only read in the answer sentence, and only when it has no digits).
+_UNITS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+_NUMBER_WORDS = {**_UNITS, **_TENS, **_SCALES}
+_NUMBER_WORD_RE = re.compile(
+    rf"(?P<neg>\b(?:minus|negative)\s+)?\b(?:{'|'.join(sorted(_NUMBER_WORDS, key=len, reverse=True))})\b"
+    rf"(?:(?:\s+|\s*-\s*|\s+and\s+)(?:{'|'.join(sorted(_NUMBER_WORDS, key=len, reverse=True))})\b)*",
+    re.IGNORECASE)
+
+
+def _words_value(words: list[str]) -> int | None:
+    """The value of "one hundred and twenty-three" style words; None for a sequence that is not a number."""
+    total, current, last = 0, 0, None
+    for word in words:
+        if word in _UNITS or word in _TENS:
+            value = _UNITS.get(word, _TENS.get(word))
+            # "twenty three" but not "three twenty" or "five three".
+            if last is not None and last not in _SCALES and not (last in _TENS and word in _UNITS and value < 10):
+                return None
+            current += value
+        else:
+            scale = _SCALES[word]
+            if scale == 100:
+                current = (current or 1) * 100
+            else:
+                total += (current or 1) * scale
+                current = 0
+        last = word
+    return total + current
+
+
+def _number_from_words(segment: str) -> str | None:
+    match = _NUMBER_WORD_RE.search(segment)
+    if match is None:
+        return None
+    words = [w.lower() for w in re.findall(r"[A-Za-z]+", match[0][len(match["neg"] or ""):]) if w.lower() != "and"]
+    value = _words_value(words)
+    if value is None:
+        return None
+    return str(-value if match["neg"] else value)
+
+
+# Where the answer sentence states a result after working: "16 - 3 - 4 = 9", "5 apples and 3 pears, so 8".
+_CONCLUSION_RE = re.compile(r"=|\b(?:so|thus|therefore|hence|which\s+is|that\s+is|i\.e\.|for\s+a\s+total\s+of|in\s+total)\b",
+                            re.IGNORECASE)
+
+
 def _number_from_segment(segment: str) -> str | None:
-    # "The answer is 16 - 3 - 4 = 9." states the result after the last "=".
-    return _parse_number(segment.rsplit("=", 1)[-1])
+    """The number the answer sentence gives: the first number after its last "=" or conclusion word
+    ("so", "thus", "therefore", "hence", "which is", "that is", "i.e.", "in total"), else its first number;
+    number words ("twelve", "twenty-one") when the sentence has no digits.
+
+    A scale word after a number is not applied ("1.5 million" is 1.5): the number is read as written, as
+    lm-evaluation-harness's GSM8K answer regex reads it; a gold answer of 1500000 is written in digits.
+    """
+    conclusions = [m for m in _CONCLUSION_RE.finditer(segment)]
+    for m in reversed(conclusions):
+        tail = segment[m.end():]
+        if _NUMBER_RE.search(_CALCULATOR_RE.sub("", tail)) or _LATEX_FRAC_RE.search(tail):
+            return _parse_number(tail)
+    if re.search(r"\d", segment):
+        return _parse_number(segment)
+    return _number_from_words(segment)
 
 
 # --------------------------------------------------------------------------
@@ -235,6 +331,11 @@ def _choice_from_segment(segment: str, choices: dict[str, str] | None) -> str | 
         for letter, option in choices.items():
             if key == _option_text_key(option):
                 return letter.upper()
+    # The whole sentence is one letter of the options: "The answer is b." names option B in any case
+    # (only a lone letter; in "a mall" the "a" is the article).
+    key = segment.strip(_TRIM_CHARS).rstrip(".").strip(_TRIM_CHARS)
+    if len(key) == 1 and key.upper() in _letters(choices):
+        return key.upper()
     for pattern in _letter_patterns(_letters(choices)):
         match = pattern.search(segment)
         if match:
@@ -279,9 +380,18 @@ _YES_NO_FALLBACK_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _QUOTED_RE = re.compile(r"\"([^\"\n]+)\"|\u201c([^\u201d\n]+)\u201d")
 
 
+# A negated answer word ("not yes", "isn't true") states no answer.
+_NEGATED_RE = re.compile(r"(?:\b(?:not|never)|n't)\s+$", re.IGNORECASE)
+
+
 def _parse_yes_no(text: str) -> str | None:
+    """The first yes/no/true/false, or None when there is none or it is negated: "The answer is not yes." is
+    no answer rather than "no" (the model did not commit to the answer sentence's format, "not yes" also
+    ends "not yes or no" and "not yes but maybe", and reading it as "no" would reward hedging in RL)."""
     match = _YES_NO_RE.search(text)
-    return _YES_NO[match[1].lower()] if match else None
+    if match is None or _NEGATED_RE.search(text[: match.start()]):
+        return None
+    return _YES_NO[match[1].lower()]
 
 
 def _yes_no_fallback(text: str) -> str | None:

@@ -267,7 +267,9 @@ class PPOTrainer:
 
     def __init__(self, config: RLStageConfig, policy, ref_policy, value_model, tokenizer, prompts: list[str],
                  reward_fn: RewardFn, log_path: str | Path | None = None, stop_strings: list[str] | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", metric_logger=None):
+        """`metric_logger` (smlearn.tracking.MetricLogger or anything with log(metrics, step)) receives every
+        step's log, as written to `log_path`."""
         config.validate()
         if not prompts:
             raise SmlearnError("PPO needs at least one prompt")
@@ -279,6 +281,7 @@ class PPOTrainer:
         self.policy, self.ref_policy, self.value_model = policy, ref_policy, value_model
         self.stop_strings = list(stop_strings or [])
         self.log_path = Path(log_path) if log_path is not None else None
+        self.metric_logger = metric_logger
         self.device = next(policy.parameters()).device
         self.ref_policy.to(self.device)
         self.value_model.to(self.device)
@@ -541,6 +544,8 @@ class PPOTrainer:
             if watch and (log["step"] % cfg.eval_every == 0 or log["step"] == cfg.steps):
                 log.update(evaluate())
             self._write(log)
+            if self.metric_logger is not None:
+                self.metric_logger.log(log, log["step"])
             logs.append(log)
             bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl_mean']:.3f}")
         return logs

@@ -16,6 +16,7 @@ come from TRL (rl_trl.py). RL trains on the questions of `rl.split` (default: th
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -28,6 +29,7 @@ from ..io import read_json
 from ..models import load_tokenizer
 from ..prompts import STOP_STRINGS
 from ..rundir import Run
+from ..tracking import MetricLogger
 
 
 class CorrectedReward:
@@ -141,9 +143,14 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
     standardise_value_head(value_model, *rm_normalisation(run))
     log_path = run.path("rl", "log.jsonl")
     log_path.unlink(missing_ok=True)
+    metrics = MetricLogger(run, "rl", config=dataclasses.asdict(cfg.rl))
     trainer = PPOTrainer(cfg.rl, policy, ref_policy, value_model, tokenizer, prompts, reward_fn,
-                         log_path=log_path, stop_strings=list(STOP_STRINGS), engine=cfg.model.engine)
-    logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
+                         log_path=log_path, stop_strings=list(STOP_STRINGS), engine=cfg.model.engine,
+                         metric_logger=metrics)
+    try:
+        logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
+    finally:
+        metrics.close()
     context.save_model(policy, tokenizer, run.path("rl", "model"))
     return logs
 

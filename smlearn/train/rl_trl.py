@@ -22,7 +22,8 @@ from ..models import resolve_device
 from ..prompts import STOP_STRINGS
 from ..rundir import Run
 from .lora import use_bf16
-from .sft import drop_log_printer, quiet_unless
+from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
+from .sft import quiet_unless
 
 
 def _stop_end(text: str) -> int | None:
@@ -131,7 +132,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
         lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.rollout_batch_size, num_generations=cfg.num_generations,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-        beta=cfg.kl_coef, seed=cfg.seed, report_to="none", save_strategy="no", logging_steps=1,
+        beta=cfg.kl_coef, seed=cfg.seed, report_to=hf_report_to(run), run_name=run_name(run, "rl"), save_strategy="no", logging_steps=1,
         bf16=use_bf16(device), use_cpu=device.type == "cpu", disable_tqdm=not progress,
         activation_checkpointing=False)
     dataset = Dataset.from_list([{"prompt": p, "question_index": i} for i, p in enumerate(prompts)])
@@ -149,7 +150,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     with quiet_unless(progress):
         trainer = trainer_cls(model=policy, reward_funcs=[logged], args=args, train_dataset=dataset,
                               processing_class=tokenizer, **extra)
-        drop_log_printer(trainer, progress)
+        setup_trainer_callbacks(trainer, run, "rl", progress)
         trainer.train()
     # TRL's own per-step metrics (KL to the reference when beta > 0) complete our rows.
     trl_logs = [h for h in trainer.state.log_history if "loss" in h or "kl" in h]
@@ -161,5 +162,10 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
         elif 0 < step <= len(logged.rows):
             logged.rows[step - 1].update(result)
     write_jsonl(run.path("rl", "log.jsonl"), logged.rows)
+    # The reward's parts per step (TRL's own metrics are in tb/rl/ already).
+    parts = MetricLogger(run, "rl-reward")
+    for step, row in enumerate(logged.rows, start=1):
+        parts.log(row, step)
+    parts.close()
     context.save_model(trainer.model.eval(), tokenizer, run.path("rl", "model"))
     return logged.rows

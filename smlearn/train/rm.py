@@ -26,7 +26,8 @@ from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
 from .lora import build_lora_config, merge_lora, prepare_for_training
 from .scoring import RewardScorer, load_reward_backbone
-from .sft import drop_log_printer, quiet_unless, remove_if_empty, trainer_args
+from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
+from .sft import quiet_unless, remove_if_empty, trainer_args
 
 SPLITS = ("train", "heldout")
 
@@ -69,14 +70,15 @@ def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]
 
     cfg = run.config.rm
     device = resolve_device(run.config.model.device)
-    args = RewardConfig(**trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress))
+    args = RewardConfig(**trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress,
+                                       hf_report_to(run), run_name(run, "rm")))
     dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                                  for r in train_rows])
     peft_config = build_lora_config(cfg.lora, "seq_cls") if cfg.lora.enabled else None
     with quiet_unless(progress):
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 peft_config=peft_config)
-    drop_log_printer(trainer, progress)
+    setup_trainer_callbacks(trainer, run, "rm", progress)
     return trainer
 
 
@@ -157,9 +159,12 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
         for r in rows:
             for side in ("chosen", "rejected"):
                 key = (split, r.get("question_id"), r["prompt"], r[side])
-                completions.setdefault(key, {"question_id": r.get("question_id"), "split": split,
-                                             "level": r.get(f"{side}_level"), "prompt": r["prompt"],
-                                             "completion": r[side]})
+                entry = completions.setdefault(key, {"question_id": r.get("question_id"), "split": split,
+                                                     "level": r.get(f"{side}_level"), "prompt": r["prompt"],
+                                                     "completion": r[side], "rationale_ids": []})
+                rid = r.get(f"{side}_id")
+                if rid is not None and rid not in entry["rationale_ids"]:
+                    entry["rationale_ids"].append(rid)
     items = list(completions.values())
     values = scorer.score([c["prompt"] for c in items], [c["completion"] for c in items], batch_size=batch_size)
     score_of = {key: v for key, v in zip(completions, values)}
@@ -200,6 +205,7 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
     if not heldout_rows:
         metrics["heldout_note"] = ("no held-out pairs (collect.heldout_fraction is 0 or too few questions): "
                                    "heldout accuracy is not measured")
-    scores = [{"question_id": c["question_id"], "split": c["split"], "level": c["level"], "score": v}
-              for c, v in zip(items, values)]
+    # rationale_ids: the judged.jsonl rows with this completion (what `smlearn view` shows the score of).
+    scores = [{"question_id": c["question_id"], "split": c["split"], "level": c["level"], "score": v,
+               "rationale_ids": c["rationale_ids"]} for c, v in zip(items, values)]
     return metrics, scores

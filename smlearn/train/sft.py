@@ -18,6 +18,7 @@ from ..errors import SmlearnError
 from ..io import read_jsonl, write_jsonl
 from ..models import resolve_device
 from ..rundir import Run
+from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
 from .lora import build_lora_config, merge_lora, prepare_for_training, use_bf16
 
 
@@ -42,8 +43,10 @@ def load_sft_rows(run: Run) -> list[dict[str, Any]]:
 # Helpers shared with the RM stage.
 # ---------------------------------------------------------------------------
 
-def trainer_args(cfg, output_dir, device, n_examples: int, progress: bool) -> dict[str, Any]:
-    """TrainingArguments common to our TRL trainers, from an SFT/RM stage section."""
+def trainer_args(cfg, output_dir, device, n_examples: int, progress: bool,
+                 report_to: list[str] | str = "none", run_name: str | None = None) -> dict[str, Any]:
+    """TrainingArguments common to our TRL trainers, from an SFT/RM stage section; `report_to` the hosted
+    loggers (smlearn.tracking.hf_report_to: TensorBoard is attached as a callback)."""
     steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     warmup = getattr(cfg, "warmup_ratio", 0.0)
@@ -59,7 +62,7 @@ def trainer_args(cfg, output_dir, device, n_examples: int, progress: bool) -> di
         bf16=use_bf16(device), use_cpu=device.type == "cpu",
         seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
         logging_steps=max(1, min(10, total_steps // 10)), logging_first_step=True,
-        save_strategy="no", report_to="none", disable_tqdm=not progress, dataloader_num_workers=0)
+        save_strategy="no", report_to=report_to, run_name=run_name, disable_tqdm=not progress, dataloader_num_workers=0)
 
 
 @contextlib.contextmanager
@@ -75,13 +78,6 @@ def quiet_unless(progress: bool):
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
-
-
-def drop_log_printer(trainer, progress: bool) -> None:
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
 
 
 def remove_if_empty(folder) -> None:
@@ -109,7 +105,8 @@ def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], pr
 
     cfg = run.config.sft
     device = resolve_device(run.config.model.device)
-    args = SFTConfig(**trainer_args(cfg, run.path(out_name, "trainer"), device, len(rows), progress),
+    args = SFTConfig(**trainer_args(cfg, run.path(out_name, "trainer"), device, len(rows), progress,
+                                    hf_report_to(run), run_name(run, out_name)),
                      completion_only_loss=True, packing=False)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     # SFTTrainer appends tokenizer.eos_token to each completion, so the model learns to stop.
@@ -117,7 +114,7 @@ def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], pr
     with quiet_unless(progress):
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
-    drop_log_printer(trainer, progress)
+    setup_trainer_callbacks(trainer, run, out_name, progress)
     return trainer
 
 
