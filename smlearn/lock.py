@@ -49,12 +49,13 @@ def _describe(info: dict) -> str:
     return text
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except OSError:
         return True
     return True
 
@@ -103,7 +104,7 @@ def _acquire(root: Path) -> int:
             continue
         old = _holder(path)
         if old.get("pid") and old.get("pid") != os.getpid():
-            alive = old.get("host") == socket.gethostname() and _pid_alive(int(old["pid"]))
+            alive = old.get("host") == socket.gethostname() and pid_alive(int(old["pid"]))
             note = "" if alive else " (no longer running)"
             print(f"[smlearn] {root}: taking over the lock left by {_describe(old)}{note}", flush=True)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()[:200],
