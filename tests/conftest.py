@@ -117,3 +117,19 @@ def tiny_config(model_dir: Path, data_dir: Path, name: str | None = None, **sect
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}
     return cfg
+
+
+def cli_project(root: Path, tiny_base: Path) -> Path:
+    """A folder as a user starts one: model/ (the tiny base), data/ (6 train, 4 test CommonsenseQA
+    questions) and cfg.yaml with relative paths and one sample per source; returns root."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(tiny_base, root / "model")
+    write_slice(bench("commonsense_qa"), root / "data", 6, 4)
+    cfg = tiny_config("./model", "./data", "commonsense_qa",
+                      generate={"samples_gold": 1, "samples_wrong": 1, "samples_free": 1, "batch_size": 6,
+                                "max_new_tokens": 12})
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return root

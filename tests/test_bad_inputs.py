@@ -20,7 +20,7 @@ import yaml
 from smlearn import cli
 from smlearn.lock import LOCK_NAME
 
-from conftest import bench, tiny_config, write_slice
+from conftest import cli_project
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 RUN = ["run", "--config", "cfg.yaml", "--out", "run", "--until", "generate"]
@@ -30,13 +30,7 @@ NON_UTF8 = b'{"id": "x", "question": "caf\xe9?", "answer": "A", "kind": "choice"
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory, tiny_base):
     """model/, data/ (6 train, 4 test questions), cfg.yaml and run/ with its generate stage done."""
-    root = tmp_path_factory.mktemp("bad-inputs")
-    shutil.copytree(tiny_base, root / "model")
-    write_slice(bench("commonsense_qa"), root / "data", 6, 4)
-    cfg = tiny_config("./model", "./data", "commonsense_qa",
-                      generate={"samples_gold": 1, "samples_wrong": 1, "samples_free": 1, "batch_size": 6,
-                                "max_new_tokens": 12})
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    root = cli_project(tmp_path_factory.mktemp("bad-inputs"), tiny_base)
     result = subprocess.run([sys.executable, "-m", "smlearn", *RUN], cwd=root, capture_output=True, text=True,
                             env=ENV)
     assert result.returncode == 0, result.stderr
@@ -307,18 +301,13 @@ def test_score_warns_with_the_count_of_missing_predictions(generated, tmp_path, 
 def test_artifacts_follow_the_umask(tmp_path):
     from smlearn.io import write_json
 
-    old = os.umask(0o027)
-    try:
-        write_json(tmp_path / "a.json", {"x": 1})
-    finally:
-        os.umask(old)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
-    old = os.umask(0o022)
-    try:
-        write_json(tmp_path / "b.json", {"x": 1})
-    finally:
-        os.umask(old)
-    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+    for name, umask, mode in (("a.json", 0o027, 0o640), ("b.json", 0o022, 0o644)):
+        old = os.umask(umask)
+        try:
+            write_json(tmp_path / name, {"x": 1})
+        finally:
+            os.umask(old)
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode
 
 
 def test_an_unexpected_exception_shows_its_traceback_and_says_it_is_a_bug(capsys):

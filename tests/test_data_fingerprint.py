@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-import yaml
 
 from smlearn.config import config_from_dict
 from smlearn.errors import RunDirError
 from smlearn.io import read_jsonl
 from smlearn.rundir import Run, input_files
 
-from conftest import bench, tiny_config, write_slice
+from conftest import cli_project
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -115,13 +113,7 @@ def test_run_made_before_inputs_were_recorded_is_still_current(finished):
 # ---------------------------------------------------------------------------
 
 def test_dataset_edited_in_place_cli(tmp_path, tiny_base):
-    root = tmp_path
-    shutil.copytree(tiny_base, root / "model")
-    write_slice(bench("commonsense_qa"), root / "data", 6, 4)
-    cfg = tiny_config("./model", "./data", "commonsense_qa",
-                      generate={"samples_gold": 1, "samples_wrong": 1, "samples_free": 1, "batch_size": 6,
-                                "max_new_tokens": 12})
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    root = cli_project(tmp_path, tiny_base)
     first = smlearn("run", "--config", "cfg.yaml", "--out", "run", "--until", "generate", cwd=root)
     assert first.returncode == 0, first.stderr
     snapshot = {p.name: p.read_bytes() for p in (root / "run").iterdir() if p.is_file()}
