@@ -68,6 +68,22 @@ def per_seed_table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def step_fraction_table(per_seed: dict[int, dict]) -> str:
+    """Per seed: the step verifier's share of valid steps in the judged rationales, high / mid / low, per task.
+
+    A reward model reading the text can rank two levels only as far as their rationales differ; where mid and
+    low have the same share of valid steps, "mid above low" is not a property of the text."""
+    tasks = next(iter(per_seed.values()))["tasks"]
+    lines = ["| seed | " + " | ".join(f"{t}: high / mid / low" for t in tasks) + " |",
+             "| --- |" + " --- |" * len(tasks)]
+    for seed, m in per_seed.items():
+        by_task = (m.get("rm") or {}).get("step_fraction_by_task_level") or {}
+        cells = [" / ".join(f"{by_task[t][k]['mean']:.2f}" if t in by_task and k in by_task[t] else "n/a"
+                            for k in ("2", "1", "0")) for t in tasks]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -87,7 +103,8 @@ def main() -> None:
         seconds[seed] = round(time.time() - t0, 1)
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
           f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
-          f"{per_seed_table(per_seed)}\n")
+          f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
+          f"per task and level:\n\n{step_fraction_table(per_seed)}\n")
     write_text(Path(args.out) / "seeds.md", md)
     write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
                                                "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})

@@ -237,9 +237,17 @@ def test_rm_vs_validity(analyzed, fake_run):
     rm = m["rm"]
     assert rm["heldout_accuracy"] == 0.8125 and rm["train_accuracy"] == 0.9375
     assert rm["levels"]["2"] == {"mean": 1.5, "std": 0.5, "n": 3}      # score lists stay out of the metrics
-    assert rm["validity_by_level"] == {"2": {"n": 6, "valid": 6, "valid_rate": 1.0},
-                                       "1": {"n": 6, "valid": 0, "valid_rate": 0.0},
-                                       "0": {"n": 6, "valid": 0, "valid_rate": 0.0}}
+    vbl = rm["validity_by_level"]
+    assert {k: (v["n"], v["valid"], v["valid_rate"]) for k, v in vbl.items()} == \
+        {"2": (6, 6, 1.0), "1": (6, 0, 0.0), "0": (6, 0, 0.0)}
+    # Share of valid steps: the fake mid rationales have every step right and a wrong answer; the low ones
+    # carry wrong steps (a per-task mean over the rationales' own step fractions).
+    assert (vbl["2"]["step_fraction_mean"], vbl["1"]["step_fraction_mean"]) == (1.0, 1.0)
+    assert vbl["0"]["step_fraction_mean"] == pytest.approx(0.7611, abs=1e-4)
+    by_task = rm["step_fraction_by_task_level"]
+    assert set(by_task) == set(TASK_NAMES)
+    assert all(by_task[t]["2"] == {"n": 2, "mean": 1.0} and by_task[t]["0"]["mean"] < 1.0 for t in TASK_NAMES)
+    assert by_task["arithmetic"]["0"]["mean"] == pytest.approx(0.7083, abs=1e-4)
     vs = rm["vs_validity"]
     assert (vs["n"], vs["n_valid"], vs["judged_total"]) == (18, 6, 18)
     assert vs["auc"] == 1.0

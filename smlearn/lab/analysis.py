@@ -286,12 +286,22 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
                       "step_fraction": _step_fraction(report), "completion": completion,
                       "prompt": prompts.get(j["question_id"], f"Q: {ex['question'].strip()}\nA:")})
 
-    # Verifier validity per collection level, over every judged rationale (the verifier is cheap).
-    by_level: dict[str, list[bool]] = defaultdict(list)
+    # Verifier validity per collection level, over every judged rationale (the verifier is cheap), and the
+    # share of valid steps: how much better, step by step, one level's rationales are than another's. A
+    # level order the verifier does not see (e.g. mid vs low) is not one a reward model can learn from text.
+    by_level: dict[str, list[dict]] = defaultdict(list)
+    by_task_level: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for it in items:
-        by_level[str(it["level"])].append(it["valid"])
-    out["validity_by_level"] = {k: {"n": len(v), "valid": sum(v), "valid_rate": _rate(sum(v), len(v))}
-                                for k, v in sorted(by_level.items(), reverse=True)}
+        by_level[str(it["level"])].append(it)
+        by_task_level[it["task"]][str(it["level"])].append(it["step_fraction"])
+
+    out["validity_by_level"] = {
+        k: {"n": len(v), "valid": sum(it["valid"] for it in v), "valid_rate": _rate(sum(it["valid"] for it in v), len(v)),
+            "step_fraction_mean": _mean([it["step_fraction"] for it in v])}
+        for k, v in sorted(by_level.items(), reverse=True)}
+    out["step_fraction_by_task_level"] = {
+        task: {k: {"n": len(v), "mean": _mean(v)} for k, v in sorted(levels.items(), reverse=True)}
+        for task, levels in sorted(by_task_level.items())}
 
     if scorer is None:
         scorer = _default_scorer(run)
@@ -663,9 +673,15 @@ def report_section(lab: dict) -> str:
     if keys:
         rows = [[LEVEL_NAMES.get(k, k), levels.get(k, {}).get("n"), levels.get(k, {}).get("mean"),
                  levels.get(k, {}).get("std"), by_level.get(k, {}).get("n"), by_level.get(k, {}).get("valid"),
-                 by_level.get(k, {}).get("valid_rate")] for k in keys]
+                 by_level.get(k, {}).get("valid_rate"), by_level.get(k, {}).get("step_fraction_mean")] for k in keys]
         parts += _table(["level", "RM n", "RM mean score", "RM std", "judged n", "verifier-valid",
-                         "valid rate"], rows)
+                         "valid rate", "valid-step fraction"], rows)
+    by_task = rm.get("step_fraction_by_task_level") or {}
+    if by_task:
+        parts += ["", "Valid-step fraction of the judged rationales, per task and level (what a reward model "
+                  "reading the text could tell apart):", ""]
+        parts += _table(["task"] + [LEVEL_NAMES.get(k, k) for k in ("2", "1", "0")],
+                        [[t] + [(v.get(k) or {}).get("mean") for k in ("2", "1", "0")] for t, v in by_task.items()])
     parts += image("rm_scores_by_level.png", "RM score by quality level")
     vs = rm.get("vs_validity")
     if vs:
