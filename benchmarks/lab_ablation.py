@@ -3,8 +3,8 @@
     python benchmarks/lab_seeds.py --seeds 0 1 2 --out runs/lab-seeds        # first: the SML runs
     python benchmarks/lab_ablation.py --seeds 0 1 2 --runs runs/lab-seeds --out runs/lab-ablation
 
-Each variant starts from the seed's finished lab run (its SFT model and reward model), redoes only the RL
-stage with the variant's overrides (rl.steps x rl.rollout_batch_size rollouts, as the default) and
+Each variant starts from the seed's finished lab run (its config, SFT model and reward model), redoes only
+the RL stage with the variant's overrides (rl.steps x rl.rollout_batch_size rollouts, as the default) and
 evaluates the RL model on the test split. Variants:
 
 - sft:       no RL (the SFT model of the run);
@@ -27,15 +27,11 @@ from pathlib import Path
 from smlearn import pipeline
 from smlearn.io import read_jsonl, write_json, write_text
 from smlearn.lab.analysis import accuracy_by_task
-from smlearn.lab.default import default_lab_config
+from smlearn.config import load_config
 
 TASKS = ["arithmetic", "objects", "coins"]
 VARIANTS = {"sft": None, "gold_only": ["rl.rm_weight=0"], "rm_only": ["rl.correction.enabled=false"],
             "sml_ppo": ["rl.algorithm=ppo"], "sml_grpo": []}
-
-
-def seed_overrides(seed: int) -> list[str]:
-    return [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}", f"rl.seed={seed}"]
 
 
 def variant_accuracy(source: Path, out: Path, seed: int, name: str, extra: list[str]) -> dict:
@@ -48,7 +44,9 @@ def variant_accuracy(source: Path, out: Path, seed: int, name: str, extra: list[
         if not (target / "eval" / "rl" / "predictions.jsonl").exists():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("rl", "oracle", "*.png"))
-            config, _ = default_lab_config([*seed_overrides(seed), *extra, "eval.stages=[rl]"], progress=False)
+            # The source run's own config (its data, models and settings), with the variant's RL overrides: the
+            # stages before RL are unchanged, so the pipeline reuses them and redoes RL and its evaluation.
+            config = load_config(source / "config.yaml", [*extra, "eval.stages=[rl]"])
             pipeline.run(config, target, force=True, until="eval")
         rows = read_jsonl(target / "eval" / "rl" / "predictions.jsonl")
     acc = accuracy_by_task(rows, TASKS)
