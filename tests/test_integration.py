@@ -11,7 +11,7 @@ import pytest
 import smlearn
 from smlearn.collect.levels import HIGH, LOW, MID, hint_leak
 from smlearn.data import load_jsonl_examples
-from smlearn.evaluate.extract import answers_match
+from smlearn.answers import answers_match
 from smlearn.io import read_jsonl
 from smlearn.models import load_causal_lm
 

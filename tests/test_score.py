@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smlearn.evaluate.extract import InvalidGoldError, UnknownKindError
+from smlearn.answers import InvalidGoldError, UnknownKindError
 from smlearn.evaluate.score import ExampleScore, ScoreResult, score_predictions
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"

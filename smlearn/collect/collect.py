@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from .. import context
-from ..evaluate.extract import answers_match, extract_answer
+from ..answers import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
 from ..rundir import Run
 from ..generate.engine import SamplingParams, generate_texts

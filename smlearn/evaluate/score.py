@@ -1,7 +1,7 @@
 """Scoring raw completions against gold answers.
 
 Generation writes raw completions keyed by example id; scoring extracts an
-answer from each (see `smlearn.evaluate.extract`) and compares it with the
+answer from each (see `smlearn.answers`) and compares it with the
 example's gold answer. Keeping the two steps apart means completions can be
 re-scored without re-generating.
 """
@@ -11,13 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from smlearn.errors import SmlearnError
-from smlearn.evaluate.extract import (
-    DEFAULT_TRIGGER,
-    InvalidGoldError,
-    answers_match,
-    extract_answer,
-    normalize_answer,
-)
+from smlearn.answers import InvalidGoldError, answers_match, extract_answer, normalize_answer
+from smlearn.answers.extract import DEFAULT_TRIGGER
 
 
 class UnknownPredictionError(SmlearnError, ValueError):

@@ -11,7 +11,7 @@ import random
 from collections import Counter
 
 from ..data import Example
-from ..evaluate.extract import answers_match, normalize_answer
+from ..answers import answers_match, normalize_answer
 
 
 def n_wrong_candidates(example: Example, max_wrong: int) -> int:

@@ -19,13 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import context
+from ..answers import extract_answer
 from ..data import Example
 from ..io import ChunkedJsonlWriter
 from ..prompts import STOP_STRINGS, split_rationale
 from ..rundir import Run
 from .candidates import n_wrong_candidates, wrong_candidates
 from .engine import SamplingParams, check_context, generate_texts
-from ..evaluate.extract import extract_answer
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 
 from .. import context
 from ..data import load_split
-from ..evaluate.extract import answers_match, extract_answer
+from ..answers import answers_match, extract_answer
 from ..io import read_json
 from ..models import load_tokenizer
 from ..prompts import STOP_STRINGS
