@@ -18,6 +18,7 @@ import sys
 import traceback
 
 from .errors import SmlearnError
+from .prompts import DEFAULT_TRIGGER
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score raw completions against a dataset (no model)")
     sc.add_argument("--data", required=True, help="dataset JSONL (id, question, answer, kind, ...)")
     sc.add_argument("--predictions", required=True, help='JSONL of {"id": ..., "completion": ...}')
-    sc.add_argument("--trigger", default="The answer is")
+    sc.add_argument("--trigger", default=DEFAULT_TRIGGER)
     sc.add_argument("--json", action="store_true", help="print a JSON summary")
 
     v = sub.add_parser("view", help="write one self-contained HTML page to browse a run (no server, no network)")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .prompts.templates import DEFAULT_TRIGGER
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -51,7 +52,7 @@ class PromptConfig:
     exemplars: str = "builtin"        # builtin, or a JSON file of exemplars
     exemplars_key: str | None = None  # key inside that JSON (e.g. gsm8k); default: data.name
     n_shots: int = 4
-    trigger: str = "The answer is"    # the answer sentence that ends every rationale
+    trigger: str = DEFAULT_TRIGGER    # the answer sentence that ends every rationale
     eval_few_shot_after_training: bool = False  # SFT/RL models are prompted zero-shot by default
 
 
@@ -273,7 +274,7 @@ class RunConfig:
         _positive(self, "sft.epochs", "sft.learning_rate", "sft.lora.alpha", "rm.epochs", "rm.learning_rate",
                   "rm.lora.alpha")
         if not self.prompts.trigger.strip():
-            raise ConfigError("prompts.trigger: must not be empty (it ends every rationale: \"The answer is\")")
+            raise ConfigError(f"prompts.trigger: must not be empty (it ends every rationale: \"{DEFAULT_TRIGGER}\")")
         if not 0.0 < self.generate.top_p <= 1.0:
             raise ConfigError(f"generate.top_p: must be in (0, 1], got {self.generate.top_p!r}")
         if self.generate.samples_gold + self.generate.samples_wrong + self.generate.samples_free == 0:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .data import load_jsonl_examples
 from .errors import DataError, SmlearnError
-from .answers.extract import DEFAULT_TRIGGER
+from .prompts import DEFAULT_TRIGGER
 from .evaluate.score import ScoreResult, score_predictions
 from .io import iter_jsonl
 

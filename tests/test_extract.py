@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from smlearn.answers import KINDS, InvalidGoldError, UnknownKindError, answers_match, extract_answer, normalize_answer
-from smlearn.answers.extract import DEFAULT_TRIGGER
+from smlearn.prompts import DEFAULT_TRIGGER
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
 

@@ -12,7 +12,7 @@ from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
 from smlearn.lab.analysis import (MARKER_BEGIN, MARKER_END, analyze, fmt, rankdata, report_section, roc_auc,
                                   spearman, write_lab_report)
-from smlearn.lab.flaws import answer_sentence
+from smlearn.prompts import answer_sentence
 from smlearn.prompts import completion_text
 from smlearn.rundir import Run
 

@@ -27,9 +27,9 @@ from decimal import Decimal
 from fractions import Fraction
 
 from smlearn.errors import SmlearnError
+from smlearn.prompts.templates import DEFAULT_TRIGGER
 
 KINDS = ("number", "choice", "yes_no", "text")
-DEFAULT_TRIGGER = "The answer is"
 
 # Letters a choice answer may use when the options are not known.
 _DEFAULT_LETTERS = "ABCDEF"

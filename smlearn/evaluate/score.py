@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from smlearn.errors import SmlearnError
 from smlearn.answers import InvalidGoldError, answers_match, extract_answer, normalize_answer
-from smlearn.answers.extract import DEFAULT_TRIGGER
+from smlearn.prompts import DEFAULT_TRIGGER
 
 
 class UnknownPredictionError(SmlearnError, ValueError):

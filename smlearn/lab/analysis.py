@@ -41,7 +41,7 @@ from smlearn.collect.levels import pair_answer
 from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.tasks import TASKS, get_task
 from smlearn.lab.flaws import ERROR_KINDS
-from smlearn.prompts import STOP_STRINGS, completion_text
+from smlearn.prompts import PromptBuilder, completion_text, truncate_at_stop
 
 STAGES = ("base", "sft", "rl", "oracle")
 STAGE_LABELS = {"base": "base", "sft": "SFT", "rl": "RL (SML)", "oracle": "oracle"}
@@ -159,17 +159,9 @@ def raw_rows(run, split: str) -> dict[str, dict]:
     return {str(r["id"]): r for r in read_jsonl(path)} if path is not None else {}
 
 
-def _cut_at_stop(text: str) -> str:
-    for stop in STOP_STRINGS:
-        cut = text.find(stop)
-        if cut >= 0:
-            text = text[:cut]
-    return text
-
-
 def verify_text(example: dict, text: str):
     """The verifier's StepReport for `text` (raw model output, cut where evaluation cuts it)."""
-    return get_task(task_of(example["id"])).verify(example, _cut_at_stop(text))
+    return get_task(task_of(example["id"])).verify(example, truncate_at_stop(text))
 
 
 def _load_predictions(run, stages: Sequence[str]) -> dict[str, list[dict]]:
@@ -271,6 +263,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
     if pairs_path.exists():
         for p in read_jsonl(pairs_path):
             prompts.setdefault(p["question_id"], p["prompt"])
+    zero_shot = PromptBuilder(exemplars=[], trigger=trigger, n_shots=0)
     items = []
     for j in read_jsonl(judged_path):
         ex = examples.get(str(j["question_id"]))
@@ -284,7 +277,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
         report = verify_text(ex, completion)
         items.append({"task": task_of(ex["id"]), "level": j.get("level"), "valid": report.valid,
                       "step_fraction": _step_fraction(report), "completion": completion,
-                      "prompt": prompts.get(j["question_id"], f"Q: {ex['question'].strip()}\nA:")})
+                      "prompt": prompts.get(j["question_id"], zero_shot.cot(ex["question"]))})
 
     # Verifier validity per collection level, over every judged rationale (the verifier is cheap), and the
     # share of valid steps: how much better, step by step, one level's rationales are than another's. A

@@ -32,10 +32,11 @@ from ..config import config_from_dict, parse_override, _merge
 from ..errors import ConfigError
 from ..io import read_json, write_json, write_jsonl
 from ..lock import run_lock
+from ..prompts import ANSWER_MARK
 from ..rundir import STAGES
 from .flaws import take
 from .pretrain import PretrainConfig, pretrain
-from .tasks import build_corpus, get_task
+from .tasks import build_corpus, document, get_task
 
 
 # Random errors (as opposed to misconceptions): they appear only in the free CoT format.
@@ -146,25 +147,20 @@ def corpus_texts(settings: LabSettings) -> tuple[list[str], dict[str, Any]]:
         counts: dict[str, int] = {}
         for e in entries:
             counts[e["flaw"] or "clean"] = counts.get(e["flaw"] or "clean", 0) + 1
-            answer_sentence = f"The answer is {e['answer']}."
-            rationale = e["rationale"]
-            if not rationale.endswith(answer_sentence):
-                rationale = f"{rationale} {answer_sentence}"
-            if e["flaw"] not in NOISE_FLAWS and rng.random() < settings.hinted_fraction:
-                # Rationalization format: the hint is the answer this rationale reaches,
-                # so a wrong hint teaches a flawed rationale that arrives at it. Only
-                # systematic flaws (misconceptions) go hinted: a hinted slip would teach
-                # the model to bend its arithmetic until it lands on any hint, and then
-                # its gold-hinted rationales reach the gold answer through false steps.
-                texts.append(f"Q: {e['question']}\nHint: the answer is {e['answer']}.\nA: {rationale}")
-            else:
-                texts.append(f"Q: {e['question']}\nA: {rationale}")
+            # Rationalization format: the hint is the answer this rationale reaches
+            # (its solution ends "The answer is <answer>."), so a wrong hint teaches a
+            # flawed rationale that arrives at it. Only systematic flaws (misconceptions)
+            # go hinted: a hinted slip would teach the model to bend its arithmetic until
+            # it lands on any hint, and then its gold-hinted rationales reach the gold
+            # answer through false steps.
+            hinted = e["flaw"] not in NOISE_FLAWS and rng.random() < settings.hinted_fraction
+            texts.append(document(e["question"], e["rationale"], hint=e["answer"] if hinted else None))
         stats[task] = {k: v / len(entries) for k, v in sorted(counts.items())}
         # Copy drills: every solution starts by restating the question's facts, which a
         # tiny model learns only once it has induction (copying) heads; documents that
         # are nothing but a copy give that skill a strong, clean signal early on.
         n_drills = round(settings.copy_drill_fraction * len(entries))
-        texts += [f"Repeat: {e['question']}\nA: {e['question']}" for e in rng.sample(entries, n_drills)]
+        texts += [f"Repeat: {e['question']}{ANSWER_MARK} {e['question']}" for e in rng.sample(entries, n_drills)]
     return texts, stats
 
 

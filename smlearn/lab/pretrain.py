@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..prompts import ANSWER_MARK
 
 WINDOW_STARTS = ("document", "random")
 LOSS_ON = ("answer", "all")
@@ -45,9 +46,6 @@ class PretrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{prefix}{name}: must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         return self
-
-
-ANSWER_MARK = "\nA:"
 
 
 def token_stream(texts: list[str], tokenizer, seed: int = 0,

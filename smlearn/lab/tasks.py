@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 from smlearn.errors import ConfigError, SmlearnError
 from smlearn.lab import arithmetic, coins, objects
 from smlearn.lab.flaws import StepReport, UnknownFlawError, with_answer
+from smlearn.prompts import PromptBuilder
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ def get_task(name: str) -> TaskFamily:
 # Corpus
 # --------------------------------------------------------------------------
 
+# The lab's runs prompt zero-shot (`prompts.n_shots: 0`): its documents are these prompts and a solution.
+_ZERO_SHOT = PromptBuilder(exemplars=[], n_shots=0)
+
+
+def document(question: str, solution: str, hint: str | None = None) -> str:
+    """A pretraining document in the pipeline's format: the prompt `PromptBuilder.cot(question)` (or
+    `.hint(question, hint)`: answer-hinted rationalization), a space, the worked solution."""
+    prompt = _ZERO_SHOT.cot(question) if hint is None else _ZERO_SHOT.hint(question, hint)
+    return f"{prompt} {solution}"
+
+
 # Draws of examples a flaw may pass over looking for one it applies to (e.g.
 # a "gives away" step for misc_give_adds) before we call its rate unreachable.
 _MAX_SKIPPED = 10_000
@@ -98,7 +110,7 @@ def build_corpus(family: str | TaskFamily, n: int, seed: int, flaw_rates: dict[s
 
     Each entry: id, family, question, rationale (ending "The answer is X."),
     answer (the X it states), gold, correct (answer == gold), flaw (name or
-    None), text ("Q: ...\\nA: ..." as the model reads it).
+    None), text (the unhinted `document`, as the model reads it).
     The default split "pretrain" never shares questions with train/val/test.
     """
     fam = get_task(family) if isinstance(family, str) else family
@@ -117,7 +129,7 @@ def build_corpus(family: str | TaskFamily, n: int, seed: int, flaw_rates: dict[s
         corpus.append({"id": example["id"], "family": fam.name, "question": example["question"],
                        "rationale": rationale, "answer": answer, "gold": example["answer"],
                        "correct": answer == example["answer"], "flaw": flaw,
-                       "text": f"Q: {example['question']}\nA: {rationale}"})
+                       "text": document(example["question"], rationale)})
     return corpus
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 
 from .. import context
-from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids, truncate_at_stop
+from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids
 from ..io import write_jsonl
 from ..models import resolve_device
-from ..prompts import STOP_STRINGS
+from ..prompts import STOP_STRINGS, truncate_at_stop
 from ..rundir import Run
 from .lora import use_bf16
 from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
