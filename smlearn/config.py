@@ -333,7 +333,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -342,7 +342,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        _, item = typing.get_args(tp)
+        if item is str:          # names (data.columns): any scalar is read as its text
+            return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -365,7 +368,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str = ""):
+def build_dataclass(cls: type, data: dict[str, Any], where: str = ""):
+    """`cls` from plain data (YAML, overrides), every value checked against its annotation; errors name the
+    dotted field under `where` ("rl.kl_coef: expected a number, got 'abc'"). Used for RunConfig and the lab's
+    LabSettings alike."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -376,10 +382,11 @@ def _build(cls: type, data: dict[str, Any], where: str = ""):
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, mappings merged key by key (an override of one nested field keeps the others)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -406,8 +413,8 @@ def parse_override(text: str) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     for o in overrides or []:
-        data = _merge(data, parse_override(o))
-    return _build(RunConfig, data)
+        data = merge_dicts(data, parse_override(o))
+    return build_dataclass(RunConfig, data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -432,7 +439,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = _merge(data, loaded)
+        data = merge_dicts(data, loaded)
     try:
         return config_from_dict(data, overrides)
     except ConfigError as e:

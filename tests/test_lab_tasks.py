@@ -340,17 +340,6 @@ def test_pretraining_windows_start_at_documents_and_train_on_answers():
     assert (all_labels == stream).all()
 
 
-@pytest.mark.parametrize("override, field", [("lab.pretrain_loss_on=everything", "lab.pretrain_loss_on"),
-                                             ("lab.pretrain_window_start=middle", "lab.pretrain_window_start"),
-                                             ("lab.copy_drill_fraction=2", "lab.copy_drill_fraction")])
-def test_bad_lab_settings_name_the_field(override, field):
-    from smlearn.errors import ConfigError
-    from smlearn.lab.default import split_overrides
-
-    with pytest.raises(ConfigError, match=field):
-        split_overrides([override])
-
-
 def test_hinted_documents_carry_only_systematic_flaws():
     """Slips and wrong copies appear only in free CoT documents; every hinted document's
     rationale is clean or a misconception, and reaches the answer its hint gives."""

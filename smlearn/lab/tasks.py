@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from smlearn.errors import ConfigError, SmlearnError
 from smlearn.lab import arithmetic, coins, objects
-from smlearn.lab.flaws import StepReport, UnknownFlawError, with_answer
+from smlearn.lab.flaws import StepReport, with_answer
 from smlearn.prompts import PromptBuilder
 
 
@@ -31,6 +31,7 @@ class TaskFamily:
     kind: str                       # answer kind: "number" | "choice" | "yes_no"
     flaws: tuple[str, ...]          # every flaw name it plants, misconceptions included
     misconceptions: tuple[str, ...]
+    default_flaw_rates: dict[str, float]   # the default lab's corpus rates (lab.flaw_rates.<name>)
     generate: Callable[[int, int, str], list[dict]]
     iter_examples: Callable[..., Iterator[dict]]
     verify: Callable[[dict, str], StepReport]
@@ -40,7 +41,8 @@ class TaskFamily:
     @classmethod
     def from_module(cls, module: ModuleType) -> "TaskFamily":
         return cls(name=module.NAME, kind=module.KIND, flaws=tuple(module.FLAWS),
-                   misconceptions=tuple(module.MISCONCEPTIONS), generate=module.generate,
+                   misconceptions=tuple(module.MISCONCEPTIONS), default_flaw_rates=dict(module.DEFAULT_FLAW_RATES),
+                   generate=module.generate,
                    iter_examples=module.iter_examples, verify=module.verify,
                    flawed_rationale=module.flawed_rationale, flaw_applies=module.flaw_applies)
 
@@ -78,14 +80,16 @@ def document(question: str, solution: str, hint: str | None = None) -> str:
 _MAX_SKIPPED = 10_000
 
 
-def _check_rates(family: TaskFamily, flaw_rates: dict[str, float]) -> None:
+def check_flaw_rates(family: TaskFamily, flaw_rates: dict[str, float], where: str = "flaw_rates") -> None:
+    """Known flaws, rates in [0, 1], at most 1 in all; errors name the rate as `<where>.<flaw>`."""
     for flaw, rate in flaw_rates.items():
         if flaw not in family.flaws:
-            raise UnknownFlawError(flaw, family.name, family.flaws)
+            raise ConfigError(f"{where}.{flaw}: unknown flaw for task {family.name!r} "
+                              f"(valid: {', '.join(family.flaws)})")
         if not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"flaw rate for {flaw!r} must be in [0, 1], got {rate}")
+            raise ConfigError(f"{where}.{flaw}: must be in [0, 1], got {rate}")
     if sum(flaw_rates.values()) > 1.0 + 1e-9:
-        raise ConfigError(f"flaw rates sum to {sum(flaw_rates.values()):.3f} > 1 "
+        raise ConfigError(f"{where}: rates sum to {sum(flaw_rates.values()):.3f} > 1 "
                           "(an example carries at most one flaw)")
 
 
@@ -115,7 +119,7 @@ def build_corpus(family: str | TaskFamily, n: int, seed: int, flaw_rates: dict[s
     """
     fam = get_task(family) if isinstance(family, str) else family
     flaw_rates = dict(flaw_rates or {})
-    _check_rates(fam, flaw_rates)
+    check_flaw_rates(fam, flaw_rates)
     rng = random.Random(f"smlearn.lab.corpus:{fam.name}:{seed}:{split}")
     stream = fam.iter_examples(seed, split, stream="corpus")
     corpus = []
