@@ -37,14 +37,14 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, helptext in [("generate", "stage 1: write rationales.jsonl"),
                            ("collect", "stage 2: final answers, levels, sft.jsonl, pairs.jsonl"),
-                           ("eval", "greedy CoT accuracy on the test split"),
-                           ("report", "write report.md")]:
+                           ("eval", "stage 6: greedy CoT accuracy on the test split"),
+                           ("report", "stage 7: write report.md")]:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--run", required=True, help="run directory")
         if name == "eval":
             s.add_argument("--stages", nargs="+", choices=["base", "sft", "rl"])
 
-    t = sub.add_parser("train", help="stage 3: train sft | rm | rl")
+    t = sub.add_parser("train", help="stages 3-5: train sft | rm | rl")
     t.add_argument("what", choices=["sft", "rm", "rl"])
     t.add_argument("--run", required=True, help="run directory")
 
@@ -72,7 +72,7 @@ def _dispatch(args) -> int:
     from . import pipeline
 
     if args.command == "score":
-        from .scoring_api import score
+        from .evaluate.score import score
 
         result = score(args.data, args.predictions, trigger=args.trigger)
         if result.missing:

@@ -139,9 +139,9 @@ def test_second_run_skips_finished_stages(finished_run, capsys):
 
 
 def run_examples(run):
-    from smlearn import context
+    from smlearn import stage_io
 
-    return context.examples(run, "train")
+    return stage_io.examples(run, "train")
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])

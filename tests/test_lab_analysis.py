@@ -369,7 +369,7 @@ def test_missing_artifacts_are_left_out(fake_run, tmp_path):
 
 def test_oracle_is_redone_when_its_config_changes(tmp_path, monkeypatch):
     """Bookkeeping only: training and evaluation are recorders here (test_integration trains for real)."""
-    import smlearn.evaluate.evaluate as evaluate_module
+    from smlearn.evaluate import evaluate as evaluate_module
     import smlearn.train.sft as sft_module
     from smlearn.lab import default
 
@@ -379,14 +379,14 @@ def test_oracle_is_redone_when_its_config_changes(tmp_path, monkeypatch):
         calls.append(("train", run.config.sft.learning_rate))
         write_json(run.path(name, "model", "marker.json"), {"lr": run.config.sft.learning_rate})
 
-    def fake_eval(run, stage, progress):
-        calls.append(("eval", stage))
+    def fake_eval(run, name, progress):
+        calls.append(("eval", name))
         metrics = {"accuracy": run.config.sft.learning_rate}
-        write_json(run.path("eval", stage, "metrics.json"), metrics)
+        write_json(run.path("eval", name, "metrics.json"), metrics)
         return metrics
 
     monkeypatch.setattr(sft_module, "fine_tune_base", fake_train)
-    monkeypatch.setattr(evaluate_module, "evaluate_stage", fake_eval)
+    monkeypatch.setattr(evaluate_module, "evaluate_model", fake_eval)
     monkeypatch.setattr(default, "oracle_sft_rows", lambda run: [])
     run = Run(tmp_path, RunConfig())
     assert default._oracle(run, False)["accuracy"] == run.config.sft.learning_rate

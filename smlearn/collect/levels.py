@@ -1,4 +1,4 @@
-"""Stage 2 — quality levels, the SFT set and preference pairs (pure functions).
+"""Stage 2, collect — quality levels, the SFT set and preference pairs (pure functions).
 
 A rationale is judged by the answer it actually supports — the model's
 hint-free final answer given question + rationale — not by the hint it was

@@ -1,4 +1,4 @@
-"""Wrong candidate answers for answer-conditioned rationalization (method.md, stage 1).
+"""Wrong candidate answers for answer-conditioned rationalization (docs/method.md, stage 1).
 
 - choice: the other options;
 - yes_no: the opposite;

@@ -42,9 +42,8 @@ from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.tasks import TASKS, get_task
 from smlearn.lab.flaws import ERROR_KINDS
 from smlearn.prompts import PromptBuilder, completion_text, truncate_at_stop
+from smlearn.rundir import MODEL_LABELS, MODELS
 
-STAGES = ("base", "sft", "rl", "oracle")
-STAGE_LABELS = {"base": "base", "sft": "SFT", "rl": "RL (SML)", "oracle": "oracle"}
 LEVEL_NAMES = {"2": "high", "1": "mid", "0": "low"}
 ALL = "all"                       # the row/column of every task together
 RL_KEYS = ("reward_mean", "kl_mean", "response_length_mean", "correct_mean", "rm_score_mean", "eval_accuracy",
@@ -164,12 +163,12 @@ def verify_text(example: dict, text: str):
     return get_task(task_of(example["id"])).verify(example, truncate_at_stop(text))
 
 
-def _load_predictions(run, stages: Sequence[str]) -> dict[str, list[dict]]:
+def _load_predictions(run, models: Sequence[str]) -> dict[str, list[dict]]:
     out = {}
-    for stage in stages:
-        path = run.path("eval", stage, "predictions.jsonl")
+    for name in models:
+        path = run.path("eval", name, "predictions.jsonl")
         if path.exists():
-            out[stage] = read_jsonl(path)
+            out[name] = read_jsonl(path)
     return out
 
 
@@ -228,7 +227,7 @@ def _default_scorer(run):
     path = run.path("rm", "model")
     if not path.exists():
         return None
-    from smlearn.train.scoring import RewardScorer
+    from smlearn.train.reward_scorer import RewardScorer
 
     cfg = run.config.model
     return RewardScorer.load(path, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
@@ -399,7 +398,7 @@ def _save(fig, path: Path) -> str:
 def _plot_accuracy(metrics: dict, tasks: list[str], out: Path) -> str:
     groups = tasks + [ALL]
     fig, axes = _figure()
-    series = {f"{STAGE_LABELS.get(s, s)}": [metrics["accuracy"][s][g]["accuracy"] for g in groups]
+    series = {f"{MODEL_LABELS.get(s, s)}": [metrics["accuracy"][s][g]["accuracy"] for g in groups]
               for s in metrics["stages"]}
     _grouped_bars(axes[0][0], groups, series, "test accuracy", "Test accuracy by task and stage")
     return _save(fig, out / "accuracy_by_task.png")
@@ -410,10 +409,10 @@ def _plot_validity(metrics: dict, tasks: list[str], out: Path) -> str:
     fig, axes = _figure(1, 2, size=(12, 4.5))
     stages = [s for s in metrics["stages"] if s in metrics["validity"]]
     _grouped_bars(axes[0][0], groups,
-                  {STAGE_LABELS.get(s, s): [metrics["validity"][s][g]["valid_rate"] for g in groups] for s in stages},
+                  {MODEL_LABELS.get(s, s): [metrics["validity"][s][g]["valid_rate"] for g in groups] for s in stages},
                   "fraction of test completions", "Verifier-valid rationales (all steps valid, answer follows)")
     _grouped_bars(axes[0][1], groups,
-                  {STAGE_LABELS.get(s, s): [metrics["validity"][s][g]["right_wrong_reason_rate"] for g in groups]
+                  {MODEL_LABELS.get(s, s): [metrics["validity"][s][g]["right_wrong_reason_rate"] for g in groups]
                    for s in stages},
                   "fraction of correct answers", "Right for the wrong reason (correct, invalid rationale)")
     return _save(fig, out / "validity_by_task.png")
@@ -527,15 +526,15 @@ def _plot_rl(log: list[dict], out: Path) -> str:
 # The analysis
 # --------------------------------------------------------------------------
 
-def analyze(run, stages: Sequence[str] = STAGES, scorer=None, max_rm_rationales: int = 600,
+def analyze(run, models: Sequence[str] = MODELS, scorer=None, max_rm_rationales: int = 600,
             plots: bool = True) -> dict:
     """Compute the lab metrics of a finished run; write lab_metrics.json, metrics.json["lab"] and plots/.
 
     `scorer`: anything with `.score(prompts, completions) -> list[float]`; default: the run's
     rm/model (RewardScorer), or no RM-vs-validity analysis when the run has none.
     """
-    preds = _load_predictions(run, stages)
-    present = [s for s in stages if s in preds]
+    preds = _load_predictions(run, models)
+    present = [m for m in models if m in preds]
     tasks = _tasks_in(r for rows in preds.values() for r in rows)
     test_examples = raw_rows(run, "test")
 
@@ -603,7 +602,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def _first_error_section(validity: dict, stages: list[str], tasks: list[str]) -> list[str]:
     """Invalid test rationales counted by the kind of their first error: which failures a stage removed."""
-    rows = [[STAGE_LABELS.get(s, s), t, validity[s][t]["n"] - validity[s][t]["valid"]]
+    rows = [[MODEL_LABELS.get(s, s), t, validity[s][t]["n"] - validity[s][t]["valid"]]
             + [validity[s][t]["first_error"].get(kind, 0) for kind in ERROR_KINDS]
             for s in stages for t in tasks
             if s in validity and t in validity[s] and "first_error" in validity[s][t]]
@@ -628,7 +627,7 @@ def report_section(lab: dict) -> str:
 
     parts += ["### Test accuracy by task", "",
               "Accuracy (correct / n) of each stage's greedy answers on the test questions.", ""]
-    rows = [[STAGE_LABELS.get(s, s)] + [f"{fmt(lab['accuracy'][s][t]['accuracy'])} "
+    rows = [[MODEL_LABELS.get(s, s)] + [f"{fmt(lab['accuracy'][s][t]['accuracy'])} "
                                          f"({lab['accuracy'][s][t]['correct']}/{lab['accuracy'][s][t]['n']})"
                                          for t in tasks] for s in stages]
     parts += _table(["stage"] + tasks, rows) if rows else ["(no predictions)"]
@@ -644,7 +643,7 @@ def report_section(lab: dict) -> str:
         for t in tasks:
             if s in validity and t in validity[s]:
                 v = validity[s][t]
-                rows.append([STAGE_LABELS.get(s, s), t, v["n"], v["valid"], v["valid_rate"],
+                rows.append([MODEL_LABELS.get(s, s), t, v["n"], v["valid"], v["valid_rate"],
                              v["all_steps_valid_rate"], v["final_follows_rate"], v["correct"],
                              v["correct_invalid"], v["right_wrong_reason_rate"]])
     parts += _table(["stage", "task", "n", "valid", "valid rate", "all steps valid", "final follows",

@@ -363,7 +363,7 @@ def _oracle(run, progress: bool) -> dict[str, Any]:
     The oracle lives outside the run's STAGES, so it keeps its own fingerprint
     (oracle/fingerprint.json): a changed config never reuses an old oracle.
     """
-    from ..evaluate.evaluate import evaluate_stage
+    from ..evaluate.evaluate import evaluate_model
     from ..rundir import fingerprint, input_digest
     from ..train.sft import fine_tune_base
 
@@ -377,21 +377,21 @@ def _oracle(run, progress: bool) -> dict[str, Any]:
     shutil.rmtree(run.path("oracle"), ignore_errors=True)
     shutil.rmtree(run.path("eval", "oracle"), ignore_errors=True)
     fine_tune_base(run, oracle_sft_rows(run), "oracle", progress)
-    metrics = evaluate_stage(run, "oracle", progress)
+    metrics = evaluate_model(run, "oracle", progress)
     write_json(stamp, {"fingerprint": current, "inputs": inputs})   # last: a killed oracle run is redone
     return metrics
 
 
 def oracle_sft_rows(run) -> list[dict[str, Any]]:
     """Clean reference rationales of the training questions, in the SFT stage's format."""
-    from .. import context
+    from .. import stage_io
     from ..io import read_jsonl
     from ..models import load_tokenizer
     from ..prompts import completion_text
 
     rows = read_jsonl(Path(run.config.data.source) / "train.jsonl")
     # The same zero-shot prompt the SFT stage trains on (PromptBuilder, not a copy of its format).
-    builder = context.prompt_builder(run, load_tokenizer(context.model_path(run, "base")), "mixed")
+    builder = stage_io.prompt_builder(run, load_tokenizer(stage_io.model_path(run, "base")), "mixed")
     few_shot = run.config.prompts.eval_few_shot_after_training
     return [{"question_id": r["id"], "prompt": builder.cot(r["question"], few_shot=few_shot),
              "completion": completion_text(r["rationale"], r["answer"], builder.trigger)} for r in rows]

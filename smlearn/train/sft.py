@@ -1,4 +1,4 @@
-"""Stage 3 — supervised fine-tuning on the high-quality rationales (TRL `SFTTrainer`).
+"""Stage 3, sft — supervised fine-tuning on the high-quality rationales (TRL `SFTTrainer`).
 
 Input: `sft.jsonl` rows {"question_id", "prompt", "completion"} written by collect.
 The loss covers the completion tokens only (the rationale, the answer sentence
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import context
+from .. import stage_io
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_jsonl
 from ..models import resolve_device
@@ -135,7 +135,7 @@ def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress
     """
     t0 = time.time()
     cfg = run.config.sft
-    model, tokenizer = context.load_model(run, "base")
+    model, tokenizer = stage_io.load_model(run, "base")
     model, save_dtype = prepare_for_training(model, cfg.lora.enabled)
     model.train()
     trainer = build_sft_trainer(run, model, tokenizer, rows, progress, out_name)
@@ -149,5 +149,5 @@ def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress
     remove_if_empty(trainer.args.output_dir)
     trained = merge_lora(trainer.model, run.path(out_name, "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    context.save_model(trained, tokenizer, run.path(out_name, "model"))
+    stage_io.save_model(trained, tokenizer, run.path(out_name, "model"))
     return train_summary(trainer, result, len(rows), t0)
