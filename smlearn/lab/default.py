@@ -338,16 +338,14 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
             return run          # stopped early: the oracle and the lab analysis follow the last stage
         metrics = _oracle(run, progress)
         print(f"[smlearn] oracle (SFT on clean reference rationales): accuracy {metrics['accuracy']:.4f}")
-        from .analysis import analyze, write_lab_report
+        from .analysis import analyze, write_metrics
+        from .report import write_lab_report
 
         lab_metrics = analyze(run)
         lab_metrics["timing"] = {"base_model_and_data_seconds": round(t_base, 1),
                                  "total_seconds": round(time.time() - t0, 1),
                                  "stages_seconds": {s: run.summary(s).get("seconds") for s in STAGES}}
-        write_json(run.path("lab_metrics.json"), lab_metrics)
-        merged = read_json(run.path("metrics.json"))
-        merged["lab"] = lab_metrics
-        write_json(run.path("metrics.json"), merged)
+        write_metrics(run, lab_metrics)
         write_lab_report(run, lab_metrics)
     print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {Path(out) / 'report.md'}")
     return run
