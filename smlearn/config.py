@@ -117,7 +117,7 @@ class RMStageConfig:
 
 @dataclass
 class CorrectionConfig:
-    """The gold-answer correction of the RL reward (method.md: a wrong final answer is penalised whatever
+    """The gold-answer correction of the RL reward (docs/method.md: a wrong final answer is penalised whatever
     the RM says). With z the standardised RM score and t = rl.rm_weight * tanh(z), bounded in (-w, w):
         replace: right -> t + correct_bonus;  wrong -> wrong_reward
         add:     right -> t + correct_bonus;  wrong -> t + wrong_reward

@@ -48,8 +48,8 @@ def collect(run: Run, progress: bool = True) -> dict:
     model, tokenizer = stage_io.load_model(run, "base")
     builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
 
-    # Chunks in rationales.jsonl order (fixed): they are reproducible across resumes; each chunk is sorted
-    # by prompt length inside generate_texts.
+    # Chunks follow rationales.jsonl's order, so a resumed run cuts the same chunks. Each chunk is one
+    # generation batch, padded to its longest prompt: nothing is sorted across chunks.
     sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
     writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=run.stage_key("collect"))
     bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)

@@ -7,7 +7,7 @@ t = rl.rm_weight * tanh(z), bounded in (-w, w):
     add,               right:  t + correct_bonus      wrong:  t + wrong_reward
 A rollout is right only when it states its answer ("The answer is X") and that answer matches the gold one;
 a rollout cut at max_new_tokens is wrong. The config check (RLStageConfig.validate) makes every right
-rollout out-reward every wrong one, whatever the RM says (method.md's correction).
+rollout out-reward every wrong one, whatever the RM says (docs/method.md, stage 5).
 
 The policy starts from the SFT model, which is also the frozen KL reference. PPO (ours, ppo.py) uses a value
 model initialised from the RM, its head rescaled to the standardised scale (Huang et al. 2024); GRPO and RLOO
