@@ -19,7 +19,7 @@ from ..io import read_jsonl, write_jsonl
 from ..models import resolve_device
 from ..rundir import Run
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
-from .lora import build_lora_config, merge_lora, prepare_for_training, use_bf16
+from .common import build_lora_config, merge_lora, prepare_for_training, use_bf16
 
 
 def load_sft_rows(run: Run) -> list[dict[str, Any]]:
