@@ -21,9 +21,8 @@ from ..io import write_jsonl
 from ..models import resolve_device
 from ..prompts import STOP_STRINGS, truncate_at_stop
 from ..rundir import Run
-from .common import use_bf16
+from .common import quiet_unless, use_bf16
 from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
-from .sft import quiet_unless
 
 
 def _stop_end(text: str) -> int | None:

@@ -24,10 +24,9 @@ from ..errors import SmlearnError
 from ..io import read_jsonl, write_json, write_jsonl
 from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
-from .common import build_lora_config, merge_lora, prepare_for_training
+from .common import build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty, trainer_args
 from .reward_scorer import RewardScorer, load_reward_backbone
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
-from .sft import quiet_unless, remove_if_empty, trainer_args
 
 SPLITS = ("train", "heldout")
 
