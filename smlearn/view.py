@@ -21,11 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .collect.levels import LEVEL_NAMES
 from .errors import SmlearnError
 from .io import read_json, read_jsonl
 from .rundir import MODEL_LABELS
-
-LEVEL_NAMES = {2: "high", 1: "mid", 0: "low"}
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

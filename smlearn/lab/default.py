@@ -12,8 +12,9 @@ Everything is built offline, from scratch, on a CPU:
 4. an oracle reference (SFT on the clean reference rationales, never used by SML)
    and the lab analysis (step validity, RM vs validity, flips, RL curves).
 
-Data and base model are cached under $SMLEARN_CACHE (default ~/.cache/smlearn),
-keyed by the settings that made them, so a second run reuses them.
+What is built is set by LabSettings (`lab.*` overrides; `smlearn lab config` prints
+them). Data and base model are cached under $SMLEARN_CACHE (default
+~/.cache/smlearn), keyed by the settings that made them, so a second run reuses them.
 """
 from __future__ import annotations
 
