@@ -160,9 +160,9 @@ def run_smlearn(model, tok, prompts, args):
 def worker(args) -> None:
     import torch
 
-    from smlearn.generate.engine import encode_prompt, truncate_at_stop
+    from smlearn.generate.engine import encode_prompt
     from smlearn.models import load_causal_lm, load_tokenizer
-    from smlearn.prompts import STOP_STRINGS
+    from smlearn.prompts import STOP_STRINGS, truncate_at_stop
 
     torch.set_num_threads(args.threads)
     model = load_causal_lm(args.model_dir, dtype=args.dtype, device=args.device).eval()

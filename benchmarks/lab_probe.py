@@ -1,6 +1,6 @@
 """Probe a lab base model: greedy accuracy and step validity per task, and its hinted rationalizations.
 
-    python benchmarks/lab_probe.py [--n 60] [lab.pretrain_steps=900 lab.hidden_size=160 ...]
+    python benchmarks/lab_probe.py [--n 60] [lab.pretrain.steps=900 lab.model.hidden_size=160 ...]
 
 Pretrains (or reuses from $SMLEARN_CACHE) the base model for the given lab
 settings, then prints per task: greedy CoT accuracy, the fraction of greedy

@@ -4,6 +4,8 @@
     smlearn generate|collect|eval|report --run runs/x
     smlearn train sft|rm|rl --run runs/x
     smlearn score --data test.jsonl --predictions preds.jsonl [--json]
+    smlearn view --run runs/x [--out page.html]
+    smlearn lab pretrain [--ship] | config [lab.key=value ...]
 
 Errors a user can act on (bad input, missing files, mismatched run
 directories) print one line on stderr and exit with status 2.
@@ -18,6 +20,7 @@ import sys
 import traceback
 
 from .errors import SmlearnError
+from .prompts import DEFAULT_TRIGGER
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,21 +37,21 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, helptext in [("generate", "stage 1: write rationales.jsonl"),
                            ("collect", "stage 2: final answers, levels, sft.jsonl, pairs.jsonl"),
-                           ("eval", "greedy CoT accuracy on the test split"),
-                           ("report", "write report.md")]:
+                           ("eval", "stage 6: greedy CoT accuracy on the test split"),
+                           ("report", "stage 7: write report.md")]:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--run", required=True, help="run directory")
         if name == "eval":
             s.add_argument("--stages", nargs="+", choices=["base", "sft", "rl"])
 
-    t = sub.add_parser("train", help="stage 3: train sft | rm | rl")
+    t = sub.add_parser("train", help="stages 3-5: train sft | rm | rl")
     t.add_argument("what", choices=["sft", "rm", "rl"])
     t.add_argument("--run", required=True, help="run directory")
 
     sc = sub.add_parser("score", help="score raw completions against a dataset (no model)")
     sc.add_argument("--data", required=True, help="dataset JSONL (id, question, answer, kind, ...)")
     sc.add_argument("--predictions", required=True, help='JSONL of {"id": ..., "completion": ...}')
-    sc.add_argument("--trigger", default="The answer is")
+    sc.add_argument("--trigger", default=DEFAULT_TRIGGER)
     sc.add_argument("--json", action="store_true", help="print a JSON summary")
 
     v = sub.add_parser("view", help="write one self-contained HTML page to browse a run (no server, no network)")
@@ -56,10 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="HTML file (default: <run>/view.html)")
 
     lab = sub.add_parser("lab", help="the reasoning lab (synthetic tasks, tiny pretrained model)")
-    lab.add_argument("action", choices=["pretrain"])
+    lab.add_argument("action", choices=["pretrain", "config"],
+                     help="pretrain: build (or find) the base model; config: print the resolved lab.* settings "
+                          "as YAML, building nothing")
     lab.add_argument("--ship", action="store_true",
                      help="pretrain afresh and store the model in the package (the default job's base model)")
-    lab.add_argument("overrides", nargs="*", metavar="key=value")
+    lab.add_argument("overrides", nargs="*", metavar="lab.key=value", help="lab settings, e.g. lab.pretrain.steps=900")
     return p
 
 
@@ -67,7 +72,7 @@ def _dispatch(args) -> int:
     from . import pipeline
 
     if args.command == "score":
-        from .scoring_api import score
+        from .evaluate.score import score
 
         result = score(args.data, args.predictions, trigger=args.trigger)
         if result.missing:
@@ -84,7 +89,7 @@ def _dispatch(args) -> int:
         if args.config is None:
             from .lab.default import run_lab
 
-            run_lab(args.out or "runs/lab", args.overrides, force=args.force)
+            run_lab(args.out or "runs/lab", args.overrides, force=args.force, until=args.until)
             return 0
         out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
         pipeline.run(args.config, out, overrides=args.overrides, force=args.force, until=args.until)
@@ -95,9 +100,12 @@ def _dispatch(args) -> int:
         print(f"[smlearn] view: {write_view(args.run, args.out)}")
         return 0
     if args.command == "lab":
-        from .lab.default import pretrain_command
+        from .lab.default import config_command, pretrain_command
 
-        pretrain_command(args.overrides, ship=args.ship)
+        if args.action == "config":
+            config_command(args.overrides)
+        else:
+            pretrain_command(args.overrides, ship=args.ship)
         return 0
     stage = {"generate": pipeline.generate, "collect": pipeline.collect, "report": pipeline.report}
     if args.command in stage:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .prompts.templates import DEFAULT_TRIGGER
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -51,7 +52,7 @@ class PromptConfig:
     exemplars: str = "builtin"        # builtin, or a JSON file of exemplars
     exemplars_key: str | None = None  # key inside that JSON (e.g. gsm8k); default: data.name
     n_shots: int = 4
-    trigger: str = "The answer is"    # the answer sentence that ends every rationale
+    trigger: str = DEFAULT_TRIGGER    # the answer sentence that ends every rationale
     eval_few_shot_after_training: bool = False  # SFT/RL models are prompted zero-shot by default
 
 
@@ -116,7 +117,7 @@ class RMStageConfig:
 
 @dataclass
 class CorrectionConfig:
-    """The gold-answer correction of the RL reward (method.md: a wrong final answer is penalised whatever
+    """The gold-answer correction of the RL reward (docs/method.md: a wrong final answer is penalised whatever
     the RM says). With z the standardised RM score and t = rl.rm_weight * tanh(z), bounded in (-w, w):
         replace: right -> t + correct_bonus;  wrong -> wrong_reward
         add:     right -> t + correct_bonus;  wrong -> t + wrong_reward
@@ -273,7 +274,7 @@ class RunConfig:
         _positive(self, "sft.epochs", "sft.learning_rate", "sft.lora.alpha", "rm.epochs", "rm.learning_rate",
                   "rm.lora.alpha")
         if not self.prompts.trigger.strip():
-            raise ConfigError("prompts.trigger: must not be empty (it ends every rationale: \"The answer is\")")
+            raise ConfigError(f"prompts.trigger: must not be empty (it ends every rationale: \"{DEFAULT_TRIGGER}\")")
         if not 0.0 < self.generate.top_p <= 1.0:
             raise ConfigError(f"generate.top_p: must be in (0, 1], got {self.generate.top_p!r}")
         if self.generate.samples_gold + self.generate.samples_wrong + self.generate.samples_free == 0:
@@ -332,7 +333,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -341,7 +342,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        _, item = typing.get_args(tp)
+        if item is str:          # names (data.columns): any scalar is read as its text
+            return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -364,7 +368,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str = ""):
+def build_dataclass(cls: type, data: dict[str, Any], where: str = ""):
+    """`cls` from plain data (YAML, overrides), every value checked against its annotation; errors name the
+    dotted field under `where` ("rl.kl_coef: expected a number, got 'abc'"). Used for RunConfig and the lab's
+    LabSettings alike."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -375,10 +382,11 @@ def _build(cls: type, data: dict[str, Any], where: str = ""):
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, mappings merged key by key (an override of one nested field keeps the others)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -405,8 +413,8 @@ def parse_override(text: str) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     for o in overrides or []:
-        data = _merge(data, parse_override(o))
-    return _build(RunConfig, data)
+        data = merge_dicts(data, parse_override(o))
+    return build_dataclass(RunConfig, data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -431,7 +439,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = _merge(data, loaded)
+        data = merge_dicts(data, loaded)
     try:
         return config_from_dict(data, overrides)
     except ConfigError as e:

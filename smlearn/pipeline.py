@@ -134,7 +134,7 @@ def _config(config: RunConfig | str | Path | dict | None, overrides: list[str] |
 
 def preflight(config: RunConfig) -> None:
     """Fail on bad input before anything is written: data rows, exemplars, the model path and tokenizer."""
-    from .context import dataset_kind
+    from .stage_io import dataset_kind
     from .data import load_split
     from .models import _check_model_path, load_tokenizer
     from .prompts import load_exemplars

@@ -31,8 +31,14 @@ from .config import RunConfig, load_config, save_config, save_config_text
 from .errors import ConfigError, RunDirError, SmlearnError
 from .io import read_json, write_json
 
-# Stage → the config sections whose values its artifacts depend on (its own and upstream).
+# The pipeline's stages, in order (docstrings number them 1-7 in this order; the data is their input).
 STAGES = ["generate", "collect", "sft", "rm", "rl", "eval", "report"]
+# The models a run holds (a model is a checkpoint, not a stage): the configured base model, those the sft and
+# rl stages train, and the reasoning lab's oracle reference; each but base is a folder of the run.
+MODELS = ("base", "sft", "rl", "oracle")
+MODEL_DIRS = {"sft": "sft/model", "rl": "rl/model", "oracle": "oracle/model"}
+MODEL_LABELS = {"base": "base", "sft": "SFT", "rl": "RL (SML)", "oracle": "oracle"}
+# Stage → the config sections whose values its artifacts depend on (its own and upstream).
 _SECTIONS = {
     "generate": ["model", "data", "prompts", "generate"],
     "collect": ["collect"],

@@ -21,11 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .collect.levels import LEVEL_NAMES
 from .errors import SmlearnError
 from .io import read_json, read_jsonl
-
-LEVEL_NAMES = {2: "high", 1: "mid", 0: "low"}
-STAGE_LABELS = {"base": "base", "sft": "SFT", "rl": "RL (SML)", "oracle": "oracle"}
+from .rundir import MODEL_LABELS
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -63,13 +62,13 @@ def collect_view_data(root: str | Path) -> dict[str, Any]:
     if not (root / "manifest.json").exists() and not (root / "config.yaml").exists():
         raise SmlearnError(f"{root}: not a run directory (no manifest.json or config.yaml)")
     metrics = _json(root / "eval" / "metrics.json") or {}
-    accuracy = [{"stage": STAGE_LABELS.get(s, s), "accuracy": m.get("accuracy"), "correct": m.get("correct"),
+    accuracy = [{"stage": MODEL_LABELS.get(s, s), "accuracy": m.get("accuracy"), "correct": m.get("correct"),
                  "total": m.get("total")} for s, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
-    for stage_dir in sorted((root / "eval").glob("*/metrics.json")) if (root / "eval").exists() else []:
-        name = stage_dir.parent.name
+    for model_dir in sorted((root / "eval").glob("*/metrics.json")) if (root / "eval").exists() else []:
+        name = model_dir.parent.name
         if name not in metrics:
-            m = read_json(stage_dir)
-            accuracy.append({"stage": STAGE_LABELS.get(name, name), "accuracy": m.get("accuracy"),
+            m = read_json(model_dir)
+            accuracy.append({"stage": MODEL_LABELS.get(name, name), "accuracy": m.get("accuracy"),
                              "correct": m.get("correct"), "total": m.get("total")})
 
     rm = _json(root / "rm" / "metrics.json") or {}

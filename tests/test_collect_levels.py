@@ -1,4 +1,4 @@
-"""Collection on hand-made cases: levels, the SFT set and the pairs exactly as method.md specifies."""
+"""Collection on hand-made cases: levels, the SFT set and the pairs exactly as docs/method.md specifies."""
 from types import SimpleNamespace
 
 import pytest

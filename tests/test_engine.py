@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from smlearn.generate import engine as E
-from smlearn.generate.engine import EngineOptions, SamplingParams, generate_texts, truncate_at_stop
+from smlearn.generate.engine import EngineOptions, SamplingParams, generate_texts
 from smlearn.models import TinyLlamaSpec, build_tiny_llama, load_causal_lm, load_tokenizer
-from smlearn.prompts import BUILTIN, STOP_STRINGS, PromptBuilder
+from smlearn.prompts import BUILTIN, STOP_STRINGS, PromptBuilder, truncate_at_stop
 
 from conftest import bench, read_rows
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smlearn.config import config_from_dict
-from smlearn.evaluate.evaluate import evaluate_stage
+from smlearn.evaluate.evaluate import evaluate_model
 from smlearn.io import read_jsonl
 from smlearn.rundir import Run
 
@@ -18,7 +18,7 @@ def _eval(tiny_base, data, root, batch_size: int, engine: str) -> tuple[dict, li
     cfg = tiny_config(tiny_base, data, "multiarith", eval={"batch_size": batch_size, "max_new_tokens": 24},
                       model={"engine": engine})
     run = Run.create(root, config_from_dict(cfg))
-    metrics = evaluate_stage(run, "base", progress=False)
+    metrics = evaluate_model(run, "base", progress=False)
     return metrics, read_jsonl(run.path("eval", "base", "predictions.jsonl"))
 
 

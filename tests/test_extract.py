@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smlearn.evaluate.extract import (
-    DEFAULT_TRIGGER,
-    KINDS,
-    InvalidGoldError,
-    UnknownKindError,
-    answers_match,
-    extract_answer,
-    normalize_answer,
-)
+from smlearn.answers import KINDS, InvalidGoldError, UnknownKindError, answers_match, extract_answer, normalize_answer
+from smlearn.prompts import DEFAULT_TRIGGER
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
 

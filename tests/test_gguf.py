@@ -197,7 +197,7 @@ def test_smollm2_gguf_to_safetensors_same_greedy_output(tmp_path, monkeypatch):
     gguf_path = G.find_smollm2_gguf()
     assert G.ensure_safetensors_copy(str(gguf_path.parent), FILE) == path
     from smlearn.config import load_config
-    from smlearn.context import model_path
+    from smlearn.stage_io import model_path
 
     config = load_config(REPO / "configs" / "smollm2_coin_flip.yaml")
     assert model_path(types.SimpleNamespace(config=config), "base") == str(path)

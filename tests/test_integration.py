@@ -11,7 +11,7 @@ import pytest
 import smlearn
 from smlearn.collect.levels import HIGH, LOW, MID, hint_leak
 from smlearn.data import load_jsonl_examples
-from smlearn.evaluate.extract import answers_match
+from smlearn.answers import answers_match
 from smlearn.io import read_jsonl
 from smlearn.models import load_causal_lm
 
@@ -139,9 +139,9 @@ def test_second_run_skips_finished_stages(finished_run, capsys):
 
 
 def run_examples(run):
-    from smlearn import context
+    from smlearn import stage_io
 
-    return context.examples(run, "train")
+    return stage_io.examples(run, "train")
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])

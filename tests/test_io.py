@@ -30,7 +30,7 @@ def test_partial_rows_of_another_config_are_discarded(tmp_path, capsys):
 
 
 def test_model_folder_is_published_atomically(tmp_path):
-    from smlearn.context import save_model
+    from smlearn.stage_io import save_model
     from smlearn.models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama, load_causal_lm
 
     tok = build_bpe_tokenizer(["Q: 1 + 1? A: 2. The answer is 2."] * 20, vocab_size=300)

@@ -10,10 +10,10 @@ import pytest
 from smlearn.config import DataConfig, RunConfig
 from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
-from smlearn.lab.analysis import (MARKER_BEGIN, MARKER_END, analyze, fmt, rankdata, report_section, roc_auc,
-                                  spearman, write_lab_report)
-from smlearn.lab.flaws import answer_sentence
-from smlearn.prompts import completion_text
+from smlearn.lab.analysis import analyze, write_metrics
+from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, report_section, write_lab_report
+from smlearn.lab.stats import rankdata, roc_auc, spearman
+from smlearn.prompts import answer_sentence, completion_text
 from smlearn.rundir import Run
 
 TASK_NAMES = ["arithmetic", "objects", "coins"]
@@ -289,7 +289,7 @@ def test_rl_summary(analyzed):
 def test_files_written(analyzed, fake_run):
     m, _ = analyzed
     run = fake_run["run"]
-    # Later tests re-run analyze with other scorers; the written files hold the last run's numbers.
+    write_metrics(run, m)
     on_disk = read_json(run.path("lab_metrics.json"))
     assert on_disk["accuracy"] == json.loads(json.dumps(m["accuracy"]))
     top = read_json(run.path("metrics.json"))
@@ -352,6 +352,8 @@ def test_missing_artifacts_are_left_out(fake_run, tmp_path):
     rows = [json.loads(line) for line in src.path("eval", "base", "predictions.jsonl").read_text().splitlines()]
     write_jsonl(run.path("eval", "base", "predictions.jsonl"), rows)
     m = analyze(run)                                  # default scorer: no rm/model here → none
+    assert not run.path("lab_metrics.json").exists()  # write_metrics writes, analyze only computes
+    write_metrics(run, m)
     assert m["stages"] == ["base"] and m["flips"] is None and m["rl"] is None
     assert m["rm"]["vs_validity"] is None and m["rm"]["heldout_accuracy"] is None
     assert m["accuracy"]["base"]["all"] == {"accuracy": 0.25, "correct": 3, "n": 12}
@@ -369,7 +371,7 @@ def test_missing_artifacts_are_left_out(fake_run, tmp_path):
 
 def test_oracle_is_redone_when_its_config_changes(tmp_path, monkeypatch):
     """Bookkeeping only: training and evaluation are recorders here (test_integration trains for real)."""
-    import smlearn.evaluate.evaluate as evaluate_module
+    from smlearn.evaluate import evaluate as evaluate_module
     import smlearn.train.sft as sft_module
     from smlearn.lab import default
 
@@ -379,14 +381,14 @@ def test_oracle_is_redone_when_its_config_changes(tmp_path, monkeypatch):
         calls.append(("train", run.config.sft.learning_rate))
         write_json(run.path(name, "model", "marker.json"), {"lr": run.config.sft.learning_rate})
 
-    def fake_eval(run, stage, progress):
-        calls.append(("eval", stage))
+    def fake_eval(run, name, progress):
+        calls.append(("eval", name))
         metrics = {"accuracy": run.config.sft.learning_rate}
-        write_json(run.path("eval", stage, "metrics.json"), metrics)
+        write_json(run.path("eval", name, "metrics.json"), metrics)
         return metrics
 
     monkeypatch.setattr(sft_module, "fine_tune_base", fake_train)
-    monkeypatch.setattr(evaluate_module, "evaluate_stage", fake_eval)
+    monkeypatch.setattr(evaluate_module, "evaluate_model", fake_eval)
     monkeypatch.setattr(default, "oracle_sft_rows", lambda run: [])
     run = Run(tmp_path, RunConfig())
     assert default._oracle(run, False)["accuracy"] == run.config.sft.learning_rate

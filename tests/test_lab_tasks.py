@@ -10,6 +10,10 @@ import pytest
 from smlearn.errors import SmlearnError
 from smlearn.lab import TASKS, StepReport, build_corpus, get_task
 from smlearn.lab.flaws import GENERIC_FLAWS, FlawNotApplicable, question_split, split_answer
+from smlearn.prompts import PromptBuilder, answer_sentence, load_exemplars
+
+# The lab's runs prompt zero-shot: what its generate and eval stages send for a question.
+ZERO_SHOT = PromptBuilder(exemplars=[], n_shots=0)
 
 FAMILIES = sorted(TASKS)
 FLAW_CASES = [(name, flaw) for name in FAMILIES for flaw in TASKS[name].flaws]
@@ -270,7 +274,7 @@ def test_corpus_entries_are_worked_solutions(name):
     assert not pretrain_questions & {e["question"] for e in family.generate(300, seed=1, split="test")}
     for entry in corpus:
         assert ANSWER_RE.search(entry["rationale"]).group(1).strip("()") == entry["answer"]
-        assert entry["text"] == f"Q: {entry['question']}\nA: {entry['rationale']}"
+        assert entry["text"] == f"{ZERO_SHOT.cot(entry['question'])} {entry['rationale']}"
         assert entry["correct"] == (entry["answer"] == entry["gold"])
         if entry["flaw"] is None:
             assert entry["correct"]
@@ -336,17 +340,6 @@ def test_pretraining_windows_start_at_documents_and_train_on_answers():
     assert (all_labels == stream).all()
 
 
-@pytest.mark.parametrize("override, field", [("lab.pretrain_loss_on=everything", "lab.pretrain_loss_on"),
-                                             ("lab.pretrain_window_start=middle", "lab.pretrain_window_start"),
-                                             ("lab.copy_drill_fraction=2", "lab.copy_drill_fraction")])
-def test_bad_lab_settings_name_the_field(override, field):
-    from smlearn.errors import ConfigError
-    from smlearn.lab.default import split_overrides
-
-    with pytest.raises(ConfigError, match=field):
-        split_overrides([override])
-
-
 def test_hinted_documents_carry_only_systematic_flaws():
     """Slips and wrong copies appear only in free CoT documents; every hinted document's
     rationale is clean or a misconception, and reaches the answer its hint gives."""
@@ -357,15 +350,40 @@ def test_hinted_documents_carry_only_systematic_flaws():
                            copy_drill_fraction=0.0, flaw_rates=rates)
     texts, stats = corpus_texts(settings)
     corpus = build_corpus("arithmetic", 600, settings.seed, rates["arithmetic"])
-    by_question = {e["question"]: e for e in corpus}
-    hinted = [t for t in texts if "\nHint: " in t]
-    assert len(hinted) == sum(e["flaw"] not in NOISE_FLAWS for e in corpus) > 0
-    for text in texts:
-        entry = by_question[text.split("\n")[0][len("Q: "):]]
-        assert ("\nHint: " in text) == (entry["flaw"] not in NOISE_FLAWS)
-        if "\nHint: " in text:
-            assert f"Hint: the answer is {entry['answer']}." in text and text.endswith(f"The answer is {entry['answer']}.")
+    assert len(texts) == len(corpus)
+    for text, entry in zip(texts, corpus):
+        hinted = text.startswith(ZERO_SHOT.hint(entry["question"], entry["answer"]))
+        assert hinted == (entry["flaw"] not in NOISE_FLAWS)
+        assert text.endswith(answer_sentence(entry["answer"]))
+    assert sum(e["flaw"] not in NOISE_FLAWS for e in corpus) > 0
     assert abs(stats["arithmetic"]["slip"] - 0.3) <= 0.05
+
+
+def test_corpus_documents_are_the_pipelines_prompts_and_solutions():
+    """A hinted corpus document starts with the prompt the generate stage sends for that hint
+    (`PromptBuilder.hint(q, a)`, built from the lab run's own prompt settings), an unhinted one
+    with the evaluation prompt (`PromptBuilder.cot(q)`); each then holds its worked solution,
+    ending with the answer sentence. A change to the prompt format changes both alike."""
+    import dataclasses
+    from pathlib import Path
+
+    from smlearn.config import config_from_dict
+    from smlearn.lab.default import LabSettings, corpus_texts, lab_run_config
+
+    p = config_from_dict(lab_run_config(Path("model"), Path("data"))).prompts
+    builder = PromptBuilder(exemplars=load_exemplars(p.exemplars, "lab", "mixed", p.trigger), trigger=p.trigger,
+                            n_shots=p.n_shots)
+    settings = dataclasses.replace(LabSettings(), corpus_per_task=100, copy_drill_fraction=0.0)
+    texts, _ = corpus_texts(settings)
+    entries = [e for task in settings.tasks for e in build_corpus(task, 100, settings.seed, settings.flaw_rates[task])]
+    assert len(texts) == len(entries)
+    hinted = 0
+    for text, e in zip(texts, entries):
+        hint, cot = builder.hint(e["question"], e["answer"]), builder.cot(e["question"])
+        assert text in (f"{hint} {e['rationale']}", f"{cot} {e['rationale']}")
+        assert e["rationale"].endswith(answer_sentence(e["answer"], p.trigger))
+        hinted += text.startswith(hint)
+    assert 0 < hinted < len(texts)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

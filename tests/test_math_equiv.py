@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from smlearn.evaluate import extract, math_equiv
-from smlearn.evaluate.extract import answers_match, extract_answer, set_math_verify
+from smlearn.answers import answers_match, extract, extract_answer, math_equiv, set_math_verify
 
 needs_math_verify = pytest.mark.skipif(not math_equiv.available(),
                                        reason="math-verify not installed (pip install 'smlearn[math]')")

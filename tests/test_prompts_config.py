@@ -16,7 +16,7 @@ def test_builtin_exemplars_cover_every_kind_and_end_with_their_answer():
     for kind in ("number", "choice", "yes_no", "text"):
         shots = load_exemplars("builtin", None, kind, "The answer is")
         assert len(shots) >= 4
-    from smlearn.evaluate.extract import extract_answer
+    from smlearn.answers import extract_answer
 
     for kind, shots in BUILTIN.items():
         for e in shots:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smlearn.evaluate.extract import InvalidGoldError, UnknownKindError
+from smlearn.answers import InvalidGoldError, UnknownKindError
 from smlearn.evaluate.score import ExampleScore, ScoreResult, score_predictions
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
@@ -191,3 +191,13 @@ def test_choice_benchmark_scores_option_text():
     predictions = {ex.id: f"So the answer is {ex.choices[ex.answer]}." for ex in examples}
     result = score_predictions(examples, predictions)
     assert result.accuracy == 1.0
+
+
+def test_top_level_names_are_the_documented_functions():
+    """`smlearn.evaluate` is the eval stage's function (as the README uses it), not the package of the same
+    name, and `smlearn.score` scores a predictions file."""
+    import smlearn
+    from smlearn import pipeline
+    from smlearn.evaluate.score import score
+
+    assert smlearn.evaluate is pipeline.evaluate and smlearn.score is score

@@ -13,7 +13,7 @@ from smlearn.io import read_json, read_jsonl, write_json, write_jsonl
 from smlearn.models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama, load_causal_lm, load_tokenizer
 from smlearn.rundir import Run
 from smlearn.train.rm import train_rm
-from smlearn.train.scoring import RewardScorer
+from smlearn.train.reward_scorer import RewardScorer
 from smlearn.train.sft import build_sft_trainer, load_sft_rows, train_sft
 
 DATA_SOURCE = "/work/shared/data/benchmarks/multiarith"

@@ -1,4 +1,4 @@
-"""Stage 2 — rationale collection: hint-free final answers, levels, SFT set, pairs.
+"""Stage 2, collect — rationale collection: hint-free final answers, levels, SFT set, pairs.
 
 For every rationale the base model reads the question and the rationale
 (without the hint) and completes "The answer is" greedily; that final answer
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from .. import context
-from ..evaluate.extract import answers_match, extract_answer
+from .. import stage_io
+from ..answers import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
 from ..rundir import Run
 from ..generate.engine import SamplingParams, generate_texts
@@ -42,14 +42,14 @@ def collect(run: Run, progress: bool = True) -> dict:
     run.require("generate", "collect")
     cfg = run.config.collect
     t0 = time.time()
-    items = context.examples(run, "train")
+    items = stage_io.examples(run, "train")
     by_id = {e.id: e for e in items}
     rationales = read_jsonl(run.path("rationales.jsonl"))
-    model, tokenizer = context.load_model(run, "base")
-    builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
+    model, tokenizer = stage_io.load_model(run, "base")
+    builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
 
-    # Chunks in rationales.jsonl order (fixed): they are reproducible across resumes; each chunk is sorted
-    # by prompt length inside generate_texts.
+    # Chunks follow rationales.jsonl's order, so a resumed run cuts the same chunks. Each chunk is one
+    # generation batch, padded to its longest prompt: nothing is sorted across chunks.
     sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
     writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=run.stage_key("collect"))
     bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)
@@ -57,7 +57,7 @@ def collect(run: Run, progress: bool = True) -> dict:
         if c not in writer.done_chunks:
             writer.write_chunk(c, _judge_chunk(model, tokenizer, builder, by_id,
                                                rationales[start:start + cfg.batch_size], cfg,
-                                               context.engine_options(run)))
+                                               stage_io.engine_options(run)))
         bar.update(sizes[c])
     bar.close()
     judged = writer.finish()

@@ -1,8 +1,8 @@
-"""Stage 2 — quality levels, the SFT set and preference pairs (pure functions).
+"""Stage 2, collect — quality levels, the SFT set and preference pairs (pure functions).
 
 A rationale is judged by the answer it actually supports — the model's
 hint-free final answer given question + rationale — not by the hint it was
-written for (method.md):
+written for (docs/method.md):
 - high (2): the final answer matches the gold answer;
 - mid  (1): written for the gold answer, but its final answer is wrong;
 - low  (0): written for a wrong answer, or a free sample, and its final answer is wrong.

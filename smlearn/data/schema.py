@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..answers import KINDS, parse_gold_number
 from ..errors import DataError
-
-KINDS = ("number", "choice", "yes_no", "text")
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,6 @@ def example_from_row(row: dict[str, Any], path: str | Path, line: int, default_k
             raise DataError(f"a yes_no answer must be yes or no, got '{answer}'", path, line, "answer")
         answer = "yes" if low in ("yes", "true") else "no"
     if kind == "number":
-        from ..evaluate.extract import parse_gold_number
-
         norm = parse_gold_number(answer)
         if norm is None:
             raise DataError(f"a number answer must be exactly one number (e.g. 18, -2.5, 1,000, 1e3, 7/2, "

@@ -1,4 +1,4 @@
-"""Evaluation: greedy chain-of-thought accuracy on the test split, per model stage.
+"""Stage 6, eval — greedy chain-of-thought accuracy on the test split, per model.
 
 The base model is prompted few-shot (as in the paper's few-shot CoT baseline);
 trained models zero-shot, in the format they were trained on. Generation is
@@ -9,50 +9,52 @@ from __future__ import annotations
 
 import time
 
-from .. import context
+from .. import stage_io
 from ..generate.engine import SamplingParams, generate_texts
 from ..io import read_json, write_json, write_jsonl
 from ..prompts import STOP_STRINGS
 from ..rundir import Run
 from .score import score_predictions
 
-STAGE_REQUIRES = {"base": None, "sft": "sft", "rl": "rl"}
+# The stage that trains each model `eval.stages` may name (the base model needs none).
+TRAINED_BY = {"base": None, "sft": "sft", "rl": "rl"}
 
 
-def evaluate_stage(run: Run, stage: str, progress: bool = True) -> dict:
-    """Greedy CoT on the test split with the `stage` model; writes eval/<stage>/."""
+def evaluate_model(run: Run, name: str, progress: bool = True) -> dict:
+    """Greedy CoT on the test split with the model `name` (one of rundir.MODELS); writes eval/<name>/."""
     cfg = run.config.eval
-    items = context.examples(run, "test")
-    model, tokenizer = context.load_model(run, stage)
-    builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
-    few_shot = (stage == "base" or run.config.prompts.eval_few_shot_after_training) and run.config.prompts.n_shots > 0
+    items = stage_io.examples(run, "test")
+    model, tokenizer = stage_io.load_model(run, name)
+    builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
+    few_shot = (name == "base" or run.config.prompts.eval_few_shot_after_training) and run.config.prompts.n_shots > 0
     prompts = [builder.cot(e.question, few_shot=few_shot) for e in items]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=False, stop_strings=tuple(STOP_STRINGS))
     t0 = time.time()
     completions = generate_texts(model, tokenizer, prompts, params, batch_size=cfg.batch_size,
                                  labels=[f"test question id {e.id}" for e in items],
-                                 desc=f"eval {stage}", progress=progress, options=context.engine_options(run))
+                                 desc=f"eval {name}", progress=progress, options=stage_io.engine_options(run))
     seconds = time.time() - t0
     result = score_predictions(items, {e.id: c for e, c in zip(items, completions)}, trigger=builder.trigger)
     rows = [{"id": s.id, "completion": c, "prediction": s.prediction, "gold": s.gold, "correct": s.correct}
             for s, c in zip(result.per_example, completions)]
-    write_jsonl(run.path("eval", stage, "predictions.jsonl"), rows)
+    write_jsonl(run.path("eval", name, "predictions.jsonl"), rows)
     metrics = {"accuracy": result.accuracy, "correct": result.correct, "total": result.total,
                "few_shot": few_shot, "seconds": round(seconds, 1)}
-    write_json(run.path("eval", stage, "metrics.json"), metrics)
+    write_json(run.path("eval", name, "metrics.json"), metrics)
     return metrics
 
 
 def evaluate(run: Run, stages: list[str] | None = None, progress: bool = True) -> dict:
-    """Evaluate each configured stage; writes eval/metrics.json with all of them."""
-    stages = stages or run.config.eval.stages
-    for stage in stages:
-        if STAGE_REQUIRES[stage]:
-            run.require(STAGE_REQUIRES[stage], f"eval {stage}")
+    """The eval stage: evaluate each model of `stages` (default `eval.stages`, model names despite the
+    name); writes eval/metrics.json with all of them."""
+    names = stages or run.config.eval.stages
+    for name in names:
+        if TRAINED_BY[name]:
+            run.require(TRAINED_BY[name], f"eval {name}")
     metrics_path = run.path("eval", "metrics.json")
     metrics = read_json(metrics_path) if metrics_path.exists() and run.is_current("eval") else {}
-    for stage in stages:
-        metrics[stage] = evaluate_stage(run, stage, progress)
+    for name in names:
+        metrics[name] = evaluate_model(run, name, progress)
         write_json(metrics_path, metrics)
     run.mark_done("eval", {s: round(m["accuracy"], 4) for s, m in metrics.items()})
     return metrics

@@ -1,23 +1,22 @@
-"""Scoring raw completions against gold answers.
+"""Scoring raw completions against gold answers: accuracy (the eval stage's, and `smlearn score`'s).
 
 Generation writes raw completions keyed by example id; scoring extracts an
-answer from each (see `smlearn.evaluate.extract`) and compares it with the
+answer from each (see `smlearn.answers`) and compares it with the
 example's gold answer. Keeping the two steps apart means completions can be
-re-scored without re-generating.
+re-scored without re-generating: `score(data, predictions)` does it for a
+predictions file, with no model (`smlearn score`, `smlearn.score`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
-from smlearn.errors import SmlearnError
-from smlearn.evaluate.extract import (
-    DEFAULT_TRIGGER,
-    InvalidGoldError,
-    answers_match,
-    extract_answer,
-    normalize_answer,
-)
+from smlearn.answers import InvalidGoldError, answers_match, extract_answer, normalize_answer
+from smlearn.data import load_jsonl_examples
+from smlearn.errors import DataError, SmlearnError
+from smlearn.io import iter_jsonl
+from smlearn.prompts import DEFAULT_TRIGGER
 
 
 class UnknownPredictionError(SmlearnError, ValueError):
@@ -100,3 +99,31 @@ def _score_example(example: Any, completion: str | None, trigger: str) -> Exampl
         prediction = extract_answer(completion, kind, getattr(example, "choices", None), trigger)
     return ExampleScore(id=example.id, gold=gold, prediction=prediction,
                         correct=answers_match(prediction, gold, kind))
+
+
+# ---------------------------------------------------------------------------
+# A predictions file against a dataset file (`smlearn score`)
+# ---------------------------------------------------------------------------
+
+def score(data: str | Path, predictions: str | Path, trigger: str = DEFAULT_TRIGGER) -> ScoreResult:
+    """Score a predictions file against a dataset file, without any model."""
+    examples = load_jsonl_examples(data)
+    return score_predictions(examples, read_predictions(predictions), trigger=trigger)
+
+
+def read_predictions(path: str | Path) -> dict[str, str]:
+    """`{"id": ..., "completion": "<raw model output>"}` per line; each problem names file, line, field."""
+    predictions: dict[str, str] = {}
+    for line, row in iter_jsonl(path):
+        for field_name in ("id", "completion"):
+            if field_name not in row:
+                raise DataError("missing required field", path, line, field_name)
+            if not isinstance(row[field_name], (str, int)) or isinstance(row[field_name], bool):
+                raise DataError(f"expected a string, got {type(row[field_name]).__name__}", path, line, field_name)
+        pid = str(row["id"])
+        if pid in predictions:
+            raise DataError(f"duplicate prediction for id '{pid}'", path, line, "id")
+        predictions[pid] = str(row["completion"])
+    if not predictions:
+        raise SmlearnError(f"{path}: no predictions (the file is empty)")
+    return predictions

@@ -1,4 +1,4 @@
-"""Wrong candidate answers for answer-conditioned rationalization (method.md, stage 1).
+"""Wrong candidate answers for answer-conditioned rationalization (docs/method.md, stage 1).
 
 - choice: the other options;
 - yes_no: the opposite;
@@ -11,7 +11,7 @@ import random
 from collections import Counter
 
 from ..data import Example
-from ..evaluate.extract import answers_match, normalize_answer
+from ..answers import answers_match, normalize_answer
 
 
 def n_wrong_candidates(example: Example, max_wrong: int) -> int:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SmlearnError
 from ..models import context_length
+from ..prompts import truncate_at_stop
 from .kvcache import SharedPrefixKV, shared_prefix_attention
 
 # Model types whose attention goes through transformers' AttentionInterface with RoPE positions taken
@@ -68,15 +69,6 @@ class EngineOptions:
     engine: str = "auto"
     share_prefix: bool = True
     compile: bool = False
-
-
-def truncate_at_stop(text: str, stop_strings) -> str:
-    cut = len(text)
-    for s in stop_strings:
-        i = text.find(s)
-        if 0 <= i < cut:
-            cut = i
-    return text[:cut]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Stage 1 — rationale generation (method.md).
+"""Stage 1, generate — rationale generation (docs/method.md).
 
 For each training question the base model writes, with few-shot CoT prompts:
 free CoT samples (no answer shown), rationales conditioned on the gold answer,
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .. import context
+from .. import stage_io
+from ..answers import extract_answer
 from ..data import Example
 from ..io import ChunkedJsonlWriter
 from ..prompts import STOP_STRINGS, split_rationale
 from ..rundir import Run
 from .candidates import n_wrong_candidates, wrong_candidates
 from .engine import SamplingParams, check_context, generate_texts
-from ..evaluate.extract import extract_answer
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,10 @@ def generate(run: Run, progress: bool = True) -> dict:
     """Write `rationales.jsonl` for the training split; returns the stage summary."""
     cfg = run.config.generate
     t0 = time.time()
-    items = context.examples(run, "train")
+    items = stage_io.examples(run, "train")
     by_id = {e.id: e for e in items}
-    model, tokenizer = context.load_model(run, "base")
-    builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
+    model, tokenizer = stage_io.load_model(run, "base")
+    builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                             top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS))
     n_free = len(items) * cfg.samples_free
@@ -113,7 +113,7 @@ def generate(run: Run, progress: bool = True) -> dict:
 
     # Phase 1: free CoT samples (they also supply wrong candidates for numbers and text).
     _run_chunks(writer, model, tokenizer, builder, by_id, free_requests(items, cfg.samples_free), params, cfg, 0, bar,
-                context.engine_options(run))
+                stage_io.engine_options(run))
     free_answers: dict[str, list] = {e.id: [] for e in items}
     for row in writer.rows():
         if row["source"] == "free":
@@ -122,7 +122,7 @@ def generate(run: Run, progress: bool = True) -> dict:
     rng = random.Random(cfg.seed)
     wrong = {e.id: wrong_candidates(e, cfg.max_wrong_candidates, free_answers[e.id], rng) for e in items}
     _run_chunks(writer, model, tokenizer, builder, by_id, hinted_requests(items, wrong, cfg), params, cfg,
-                len(free_chunks), bar, context.engine_options(run))
+                len(free_chunks), bar, stage_io.engine_options(run))
     bar.close()
     rows = writer.finish()
     summary = {"questions": len(items), "rationales": len(rows), "free": n_free, "hinted": n_hinted,

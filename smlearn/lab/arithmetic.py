@@ -37,6 +37,11 @@ MISCONCEPTIONS: dict[str, tuple[str, str]] = {
     "misc_split_subtracts": ("split", "-"),   # "splits equally into k groups" computed as -k
 }
 FLAWS = GENERIC_FLAWS + tuple(MISCONCEPTIONS)
+# The base model's corpus rates (`lab.flaw_rates.arithmetic`; see tasks.build_corpus). At 0.45 / 0.35, 67 % of
+# the solutions with a "gives away" event add instead of subtracting and 54 % of those with "k times as many"
+# add k: more often than not, so greedy decoding learns the wrong rules (at 0.30 / 0.20, ~55 % and ~35 %, and
+# one seed of three did not learn the first). misc_split_subtracts is left out of the default lab.
+DEFAULT_FLAW_RATES = {"misc_give_adds": 0.45, "misc_times_adds": 0.35, "slip": 0.04, "wrong_copy": 0.02}
 
 PEOPLE = (("Tom", "he", "his"), ("Ann", "she", "her"), ("Sam", "he", "his"), ("Mia", "she", "her"),
           ("Ben", "he", "his"), ("Lily", "she", "her"), ("Max", "he", "his"), ("Zoe", "she", "her"),

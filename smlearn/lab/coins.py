@@ -27,6 +27,8 @@ KIND = "yes_no"
 #   misc_turnover_ignored  "turns the coin over" is not recognised as a flip.
 MISCONCEPTIONS = ("misc_noflip_flips", "misc_turnover_ignored")
 FLAWS = GENERIC_FLAWS + MISCONCEPTIONS
+# The base model's corpus rates (`lab.flaw_rates.coins`; see tasks.build_corpus).
+DEFAULT_FLAW_RATES = {"misc_noflip_flips": 0.35, "misc_turnover_ignored": 0.20, "slip": 0.04}
 
 PEOPLE = ("Ann", "Bob", "Cal", "Dan", "Eva", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lee", "Mo", "Ned",
           "Oli", "Pam", "Ray", "Sue", "Tim", "Uma", "Vic", "Wes")

@@ -8,7 +8,8 @@ a flaw means the same thing and a check reports the same way in every family:
 - the generic flaw names (`GENERIC_FLAWS`) and `FlawNotApplicable`;
 - `StepReport`, the verdict of a step-by-step check, and `finish_report`,
   which turns per-step results into one;
-- the answer sentence ("The answer is X.") and its parsing;
+- the answer sentence ("The answer is X.", as the pipeline writes it) and the
+  verifier's reading of it;
 - the seeded, hash-partitioned train/val/test/pretrain splits.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from smlearn.answers import answer_text_after, cut_at_next_question
 from smlearn.errors import SmlearnError
+from smlearn.prompts import DEFAULT_TRIGGER, answer_sentence
 
 # --------------------------------------------------------------------------
 # Flaw names
@@ -133,28 +136,20 @@ def finish_report(*, n_steps: int, n_valid: int, n_expected: int, derived: str |
 
 
 # --------------------------------------------------------------------------
-# The answer sentence
+# The answer sentence (written as the pipeline writes it: smlearn.prompts)
 # --------------------------------------------------------------------------
 
-ANSWER_TRIGGER = "The answer is"
-_TRIGGER_RE = re.compile(r"\bthe\s+answer\s+is\b\s*:?", re.IGNORECASE)
-# A model often goes on with a made-up next question; that is not its answer.
-_NEXT_QUESTION_RE = re.compile(r"\n\s*(?:Q|Question)\s*:")
-# End of the answer: "." followed by space/end (so "(C)." and "18." end there), or a newline.
-_ANSWER_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+# The trigger ("The answer is") in any case and spacing, and a colon after it.
+_TRIGGER_RE = re.compile(r"\b" + r"\s+".join(map(re.escape, DEFAULT_TRIGGER.split())) + r"\b\s*:?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class StatedAnswer:
-    """The final answer a rationale states: present?, its raw text, its normalised value."""
+    """The final answer a rationale states: present?, its raw text, its value (`stated_value`)."""
 
     present: bool
     raw: str | None = None
     value: str | None = None
-
-
-def answer_sentence(answer: str) -> str:
-    return f"{ANSWER_TRIGGER} {answer}."
 
 
 def with_answer(rationale: str, answer: str) -> str:
@@ -165,23 +160,26 @@ def with_answer(rationale: str, answer: str) -> str:
 def split_answer(text: str, kind: str, choices: dict[str, str] | None = None) -> tuple[str, StatedAnswer]:
     """Split a rationale into (reasoning body, stated answer).
 
-    Like the pipeline's extractor, the first "The answer is" counts and a
-    hallucinated "\\nQ:" ends the text.
+    Like the pipeline's extractor (smlearn.answers), a hallucinated "\\nQ:" ends
+    the text and the first "The answer is" counts.
     """
-    cut = _NEXT_QUESTION_RE.search(text)
-    if cut:
-        text = text[: cut.start()]
+    text = cut_at_next_question(text)
     match = _TRIGGER_RE.search(text)
     if match is None:
         return text, StatedAnswer(present=False)
-    rest = text[match.end():].lstrip(" \t\r\n:")
-    end = _ANSWER_END_RE.search(rest)
-    raw = (rest[: end.start()] if end else rest).strip()
-    return text[: match.start()], StatedAnswer(True, raw, normalize_answer(raw, kind, choices))
+    raw = answer_text_after(text, match.end())
+    return text[: match.start()], StatedAnswer(True, raw, stated_value(raw, kind, choices))
 
 
-def normalize_answer(raw: str, kind: str, choices: dict[str, str] | None = None) -> str | None:
-    """Canonical answer: "18", "C", "yes"/"no"; None when `raw` is not one."""
+def stated_value(raw: str, kind: str, choices: dict[str, str] | None = None) -> str | None:
+    """The verifier's reading of a stated answer: "18", "C", "yes"/"no"; None when `raw` is not one.
+
+    Narrower than the pipeline's `smlearn.answers.normalize_answer` on purpose: the
+    lab's answers are integers, option letters and yes/no, and a step check reads
+    only the forms its solutions use (a number is the first integer; an option
+    its "(C)" label or its option text; yes/no the first word), with none of the
+    extractor's fallbacks.
+    """
     raw = raw.strip()
     if kind == "number":
         match = re.search(r"(?<![\w)])-?\d[\d,]*", raw)

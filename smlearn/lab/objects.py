@@ -33,6 +33,8 @@ KIND = "choice"
 #                       Y's item and Y keeps it too.
 MISCONCEPTIONS = ("misc_trade_ignored", "misc_switch_one_way")
 FLAWS = GENERIC_FLAWS + MISCONCEPTIONS
+# The base model's corpus rates (`lab.flaw_rates.objects`; see tasks.build_corpus).
+DEFAULT_FLAW_RATES = {"misc_trade_ignored": 0.30, "misc_switch_one_way": 0.15, "slip": 0.04}
 
 PEOPLE = ("Alice", "Bob", "Claire", "Dave", "Eve", "Fred", "Gina", "Hank", "Ivy", "Jack", "Kate", "Leo")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink", "brown")

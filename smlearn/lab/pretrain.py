@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..prompts import ANSWER_MARK
 
 WINDOW_STARTS = ("document", "random")
 LOSS_ON = ("answer", "all")
@@ -29,25 +30,30 @@ LOSS_ON = ("answer", "all")
 
 @dataclass
 class PretrainConfig:
-    steps: int = 300
-    batch_size: int = 16
-    seq_len: int = 256
-    learning_rate: float = 3e-3
+    """How the base model is pretrained; the lab's settings hold one (`lab.pretrain.*`), defaults included."""
+    steps: int = 1500
+    batch_size: int = 16               # windows per step
+    seq_len: int = 256                 # tokens per window
+    learning_rate: float = 3e-3        # peak; linear warm-up, then cosine decay to a tenth
     warmup_steps: int = 20
     weight_decay: float = 0.01
     window_start: str = "document"     # "document" | "random"
     loss_on: str = "answer"            # "answer" (tokens after "\nA:") | "all"
-    seed: int = 0
 
     def validate(self, prefix: str = "") -> "PretrainConfig":
-        """Errors name the field as the user wrote it (`prefix` e.g. "lab.pretrain_")."""
+        """Errors name the field as the user wrote it (`prefix` e.g. "lab.pretrain.")."""
         for name, allowed in (("window_start", WINDOW_STARTS), ("loss_on", LOSS_ON)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{prefix}{name}: must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}{name}: must be >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{prefix}{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{prefix}learning_rate: must be > 0, got {self.learning_rate!r}")
         return self
-
-
-ANSWER_MARK = "\nA:"
 
 
 def token_stream(texts: list[str], tokenizer, seed: int = 0,
@@ -82,17 +88,18 @@ def _lr(step: int, cfg: PretrainConfig) -> float:
     return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model, tokenizer, texts: list[str], cfg: PretrainConfig, progress: bool = True) -> list[float]:
-    """Train `model` in place on `texts`; returns the loss per step."""
-    torch.manual_seed(cfg.seed)
+def pretrain(model, tokenizer, texts: list[str], cfg: PretrainConfig, seed: int = 0,
+             progress: bool = True) -> list[float]:
+    """Train `model` in place on `texts` (document order and windows drawn with `seed`); returns the loss per step."""
+    torch.manual_seed(seed)
     cfg.validate()
-    stream, label_stream, doc_starts = token_stream(texts, tokenizer, cfg.seed, cfg.loss_on)
+    stream, label_stream, doc_starts = token_stream(texts, tokenizer, seed, cfg.loss_on)
     seq_len = min(cfg.seq_len, len(stream) - 1)
     doc_starts = doc_starts[doc_starts < len(stream) - seq_len - 1]
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
     bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)

@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 
 from smlearn.errors import ConfigError, SmlearnError
 from smlearn.lab import arithmetic, coins, objects
-from smlearn.lab.flaws import StepReport, UnknownFlawError, with_answer
+from smlearn.lab.flaws import StepReport, with_answer
+from smlearn.prompts import PromptBuilder
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class TaskFamily:
     kind: str                       # answer kind: "number" | "choice" | "yes_no"
     flaws: tuple[str, ...]          # every flaw name it plants, misconceptions included
     misconceptions: tuple[str, ...]
+    default_flaw_rates: dict[str, float]   # the default lab's corpus rates (lab.flaw_rates.<name>)
     generate: Callable[[int, int, str], list[dict]]
     iter_examples: Callable[..., Iterator[dict]]
     verify: Callable[[dict, str], StepReport]
@@ -39,7 +41,8 @@ class TaskFamily:
     @classmethod
     def from_module(cls, module: ModuleType) -> "TaskFamily":
         return cls(name=module.NAME, kind=module.KIND, flaws=tuple(module.FLAWS),
-                   misconceptions=tuple(module.MISCONCEPTIONS), generate=module.generate,
+                   misconceptions=tuple(module.MISCONCEPTIONS), default_flaw_rates=dict(module.DEFAULT_FLAW_RATES),
+                   generate=module.generate,
                    iter_examples=module.iter_examples, verify=module.verify,
                    flawed_rationale=module.flawed_rationale, flaw_applies=module.flaw_applies)
 
@@ -61,19 +64,32 @@ def get_task(name: str) -> TaskFamily:
 # Corpus
 # --------------------------------------------------------------------------
 
+# The lab's runs prompt zero-shot (`prompts.n_shots: 0`): its documents are these prompts and a solution.
+_ZERO_SHOT = PromptBuilder(exemplars=[], n_shots=0)
+
+
+def document(question: str, solution: str, hint: str | None = None) -> str:
+    """A pretraining document in the pipeline's format: the prompt `PromptBuilder.cot(question)` (or
+    `.hint(question, hint)`: answer-hinted rationalization), a space, the worked solution."""
+    prompt = _ZERO_SHOT.cot(question) if hint is None else _ZERO_SHOT.hint(question, hint)
+    return f"{prompt} {solution}"
+
+
 # Draws of examples a flaw may pass over looking for one it applies to (e.g.
 # a "gives away" step for misc_give_adds) before we call its rate unreachable.
 _MAX_SKIPPED = 10_000
 
 
-def _check_rates(family: TaskFamily, flaw_rates: dict[str, float]) -> None:
+def check_flaw_rates(family: TaskFamily, flaw_rates: dict[str, float], where: str = "flaw_rates") -> None:
+    """Known flaws, rates in [0, 1], at most 1 in all; errors name the rate as `<where>.<flaw>`."""
     for flaw, rate in flaw_rates.items():
         if flaw not in family.flaws:
-            raise UnknownFlawError(flaw, family.name, family.flaws)
+            raise ConfigError(f"{where}.{flaw}: unknown flaw for task {family.name!r} "
+                              f"(valid: {', '.join(family.flaws)})")
         if not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"flaw rate for {flaw!r} must be in [0, 1], got {rate}")
+            raise ConfigError(f"{where}.{flaw}: must be in [0, 1], got {rate}")
     if sum(flaw_rates.values()) > 1.0 + 1e-9:
-        raise ConfigError(f"flaw rates sum to {sum(flaw_rates.values()):.3f} > 1 "
+        raise ConfigError(f"{where}: rates sum to {sum(flaw_rates.values()):.3f} > 1 "
                           "(an example carries at most one flaw)")
 
 
@@ -98,12 +114,12 @@ def build_corpus(family: str | TaskFamily, n: int, seed: int, flaw_rates: dict[s
 
     Each entry: id, family, question, rationale (ending "The answer is X."),
     answer (the X it states), gold, correct (answer == gold), flaw (name or
-    None), text ("Q: ...\\nA: ..." as the model reads it).
+    None), text (the unhinted `document`, as the model reads it).
     The default split "pretrain" never shares questions with train/val/test.
     """
     fam = get_task(family) if isinstance(family, str) else family
     flaw_rates = dict(flaw_rates or {})
-    _check_rates(fam, flaw_rates)
+    check_flaw_rates(fam, flaw_rates)
     rng = random.Random(f"smlearn.lab.corpus:{fam.name}:{seed}:{split}")
     stream = fam.iter_examples(seed, split, stream="corpus")
     corpus = []
@@ -117,7 +133,7 @@ def build_corpus(family: str | TaskFamily, n: int, seed: int, flaw_rates: dict[s
         corpus.append({"id": example["id"], "family": fam.name, "question": example["question"],
                        "rationale": rationale, "answer": answer, "gold": example["answer"],
                        "correct": answer == example["answer"], "flaw": flaw,
-                       "text": f"Q: {example['question']}\nA: {rationale}"})
+                       "text": document(example["question"], rationale)})
     return corpus
 
 

@@ -1,5 +1,6 @@
 from .exemplars import BUILTIN, Exemplar, load_exemplars, parse_wei_prompt
-from .templates import STOP_STRINGS, PromptBuilder, completion_text, split_rationale
+from .templates import (ANSWER_MARK, DEFAULT_TRIGGER, STOP_STRINGS, PromptBuilder, answer_sentence, completion_text,
+                        split_rationale, truncate_at_stop)
 
-__all__ = ["BUILTIN", "Exemplar", "PromptBuilder", "STOP_STRINGS", "completion_text", "load_exemplars",
-           "parse_wei_prompt", "split_rationale"]
+__all__ = ["ANSWER_MARK", "BUILTIN", "DEFAULT_TRIGGER", "Exemplar", "PromptBuilder", "STOP_STRINGS", "answer_sentence",
+           "completion_text", "load_exemplars", "parse_wei_prompt", "split_rationale", "truncate_at_stop"]

@@ -1,4 +1,8 @@
-"""The three prompts of the method, few-shot, in the Wei et al. "Q:/A:" layout.
+"""The text format, in one place: the prompts, the answer sentence, and where a generation stops.
+
+Every text the pipeline writes or reads follows the few-shot chain-of-thought
+layout of Wei et al.: "Q: <question>\nA: <rationale> The answer is X." The
+three prompts of the method (`PromptBuilder`):
 
 - `cot(q)`: free chain of thought → the model writes "<rationale> The answer is X."
 - `hint(q, candidate)`: answer-conditioned rationalization (STaR's hint): the
@@ -6,8 +10,11 @@
 - `final_answer(q, rationale)`: the hint-free final answer step: question and
   rationale, then the trigger ("The answer is"); the model completes the answer.
 
-Chat models get the same text as user turns (exemplars as earlier turns)
-through the tokenizer's chat template.
+A trained model's target is `completion_text` (rationale, then the answer
+sentence); a generation ends at the first of `STOP_STRINGS` (`truncate_at_stop`).
+The reasoning lab's pretraining corpus is written with the same builder, so its
+documents are exactly what the pipeline prompts. Chat models get the same text
+as user turns (exemplars as earlier turns) through the tokenizer's chat template.
 """
 from __future__ import annotations
 
@@ -15,20 +22,37 @@ from dataclasses import dataclass
 
 from .exemplars import Exemplar
 
+# The words that open the answer sentence ("The answer is 18."); `prompts.trigger` may set others.
+DEFAULT_TRIGGER = "The answer is"
+# Where the model's part of a document starts: after the question (and hint) lines.
+ANSWER_MARK = "\nA:"
+# A made-up next question or a blank line ends an answer.
 STOP_STRINGS = ["\nQ:", "\n\n"]
 
 
-def completion_text(rationale: str, answer: str, trigger: str) -> str:
+def truncate_at_stop(text: str, stop_strings=STOP_STRINGS) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    cut = len(text)
+    for s in stop_strings:
+        i = text.find(s)
+        if 0 <= i < cut:
+            cut = i
+    return text[:cut]
+
+
+def answer_sentence(answer: str, trigger: str = DEFAULT_TRIGGER) -> str:
+    """"The answer is 18.": the sentence that ends every rationale."""
+    return f"{trigger} {answer}."
+
+
+def completion_text(rationale: str, answer: str, trigger: str = DEFAULT_TRIGGER) -> str:
     """The target a trained model writes after "A:": rationale, then the answer sentence."""
-    return f" {rationale.strip()} {trigger} {answer}."
+    return f" {rationale.strip()} {answer_sentence(answer, trigger)}"
 
 
 def split_rationale(text: str, trigger: str) -> tuple[str, str | None]:
     """Cut generated text at a stop string and split it into (rationale, stated answer or None)."""
-    for stop in STOP_STRINGS:
-        cut = text.find(stop)
-        if cut >= 0:
-            text = text[:cut]
+    text = truncate_at_stop(text)
     idx = text.find(trigger)
     if idx < 0:
         return text.strip(), None
@@ -40,7 +64,7 @@ def split_rationale(text: str, trigger: str) -> tuple[str, str | None]:
 @dataclass
 class PromptBuilder:
     exemplars: list[Exemplar]
-    trigger: str = "The answer is"
+    trigger: str = DEFAULT_TRIGGER
     n_shots: int = 4
     tokenizer: object | None = None   # needed only with chat_template
     chat_template: bool = False
@@ -88,5 +112,5 @@ class PromptBuilder:
             messages.append({"role": "user", "content": query})
             # The assistant turn is opened; generation continues from here.
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "A:"
-        blocks = [f"{q}\nA: {a}" for q, a in shots] + [f"{query}\nA:"]
+        blocks = [f"{q}{ANSWER_MARK} {a}" for q, a in shots] + [f"{query}{ANSWER_MARK}"]
         return "\n\n".join(blocks)

@@ -1,4 +1,4 @@
-"""Stage report: `report.md` from the run's artifacts (numbers read from them, never typed in)."""
+"""Stage 7, report — `report.md` from the run's artifacts (numbers read from them, never typed in)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from ..io import read_json, read_jsonl, write_text
 from ..rundir import Run
 
-STAGE_LABELS = {"base": "base (CoT)", "sft": "SFT (self-generated rationales)", "rl": "SML (SFT + RL)"}
+MODEL_DESCRIPTIONS = {"base": "base (CoT)", "sft": "SFT (self-generated rationales)", "rl": "SML (SFT + RL)"}
 
 
 def _maybe_json(path: Path):
@@ -15,10 +15,10 @@ def _maybe_json(path: Path):
 
 def accuracy_table(metrics: dict) -> list[str]:
     lines = ["| model | accuracy | correct / total | prompting |", "| --- | --- | --- | --- |"]
-    for stage in ("base", "sft", "rl"):
-        if stage in metrics:
-            m = metrics[stage]
-            lines.append(f"| {STAGE_LABELS[stage]} | {m['accuracy']:.4f} | {m['correct']} / {m['total']} | "
+    for model in ("base", "sft", "rl"):
+        if model in metrics:
+            m = metrics[model]
+            lines.append(f"| {MODEL_DESCRIPTIONS[model]} | {m['accuracy']:.4f} | {m['correct']} / {m['total']} | "
                          f"{'few-shot' if m.get('few_shot') else 'zero-shot'} |")
     return lines
 

@@ -1,4 +1,4 @@
-"""The RL stage — reinforcement learning against the reward model, corrected by the gold answer.
+"""Stage 5, rl — reinforcement learning against the reward model, corrected by the gold answer.
 
 reward(rollout), with z the RM score standardised by its mean/std on the training pairs and the RM term
 t = rl.rm_weight * tanh(z), bounded in (-w, w):
@@ -7,7 +7,7 @@ t = rl.rm_weight * tanh(z), bounded in (-w, w):
     add,               right:  t + correct_bonus      wrong:  t + wrong_reward
 A rollout is right only when it states its answer ("The answer is X") and that answer matches the gold one;
 a rollout cut at max_new_tokens is wrong. The config check (RLStageConfig.validate) makes every right
-rollout out-reward every wrong one, whatever the RM says (method.md's correction).
+rollout out-reward every wrong one, whatever the RM says (docs/method.md, stage 5).
 
 The policy starts from the SFT model, which is also the frozen KL reference. PPO (ours, ppo.py) uses a value
 model initialised from the RM, its head rescaled to the standardised scale (Huang et al. 2024); GRPO and RLOO
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from .. import context
+from .. import stage_io
 from ..data import load_split
-from ..evaluate.extract import answers_match, extract_answer
+from ..answers import answers_match, extract_answer
 from ..io import read_json
 from ..models import load_tokenizer
 from ..prompts import STOP_STRINGS
@@ -80,7 +80,7 @@ def rm_normalisation(run: Run) -> tuple[float, float]:
 
 
 def _reward_fn(run: Run, items, trigger: str) -> CorrectedReward:
-    from .scoring import RewardScorer
+    from .reward_scorer import RewardScorer
 
     cfg = run.config
     scorer = RewardScorer.load(str(run.path("rm", "model")), device=cfg.model.device, dtype=cfg.model.dtype,
@@ -108,7 +108,7 @@ def rl_questions(run: Run) -> tuple[list, list]:
     """(questions RL trains on, held-out questions for greedy accuracy during RL): the last
     rl.eval_questions of rl.split are held out."""
     cfg = run.config.rl
-    items = context.examples(run, "train") if cfg.split == "train" else load_split(run.config.data, cfg.split)
+    items = stage_io.examples(run, "train") if cfg.split == "train" else load_split(run.config.data, cfg.split)
     n_eval = min(cfg.eval_questions, max(0, len(items) - 1))
     return (items[:len(items) - n_eval], items[len(items) - n_eval:]) if n_eval else (items, [])
 
@@ -132,11 +132,11 @@ def greedy_accuracy_fn(tokenizer, builder, items, few_shot: bool, max_new_tokens
 
 def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[dict]:
     from .ppo import PPOTrainer
-    from .scoring import load_reward_backbone
+    from .reward_scorer import load_reward_backbone
 
     cfg = run.config
-    policy, tokenizer = context.load_model(run, "sft")
-    ref_policy, _ = context.load_model(run, "sft")
+    policy, tokenizer = stage_io.load_model(run, "sft")
+    ref_policy, _ = stage_io.load_model(run, "sft")
     value_model = load_reward_backbone(run.path("rm", "model"),
                                        trust_remote_code=cfg.model.trust_remote_code).to(policy.device)
     value_model.config.pad_token_id = tokenizer.pad_token_id
@@ -151,15 +151,15 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
         logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
     finally:
         metrics.close()
-    context.save_model(policy, tokenizer, run.path("rl", "model"))
+    stage_io.save_model(policy, tokenizer, run.path("rl", "model"))
     return logs
 
 
 def train_rl(run: Run, progress: bool = True) -> dict:
     t0 = time.time()
     items, heldout = rl_questions(run)
-    tokenizer = load_tokenizer(context.model_path(run, "sft"))
-    builder = context.prompt_builder(run, tokenizer, context.dataset_kind(items))
+    tokenizer = load_tokenizer(stage_io.model_path(run, "sft"))
+    builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
     few_shot = run.config.prompts.eval_few_shot_after_training
     prompts = [builder.cot(e.question, few_shot=few_shot) for e in items]
     reward_fn = _reward_fn(run, items, builder.trigger)

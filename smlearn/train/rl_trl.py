@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import os
 
-from .. import context
-from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids, truncate_at_stop
+from .. import stage_io
+from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids
 from ..io import write_jsonl
 from ..models import resolve_device
-from ..prompts import STOP_STRINGS
+from ..prompts import STOP_STRINGS, truncate_at_stop
 from ..rundir import Run
-from .lora import use_bf16
+from .common import quiet_unless, use_bf16
 from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
-from .sft import quiet_unless
 
 
 def _stop_end(text: str) -> int | None:
@@ -122,7 +121,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     from datasets import Dataset
 
     cfg = run.config.rl
-    policy, tokenizer = context.load_model(run, "sft")
+    policy, tokenizer = stage_io.load_model(run, "sft")
     policy.train()
     device = resolve_device(run.config.model.device)
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
@@ -142,7 +141,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     if cfg.algorithm == "grpo":
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                                 top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS), use_generation_config=False)
-        extra["rollout_func"] = engine_rollout(params, context.engine_options(run))
+        extra["rollout_func"] = engine_rollout(params, stage_io.engine_options(run))
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     evals: dict[int, dict] = {}
     if evaluate_fn is not None and cfg.eval_every > 0:
@@ -167,5 +166,5 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     for step, row in enumerate(logged.rows, start=1):
         parts.log(row, step)
     parts.close()
-    context.save_model(trainer.model.eval(), tokenizer, run.path("rl", "model"))
+    stage_io.save_model(trainer.model.eval(), tokenizer, run.path("rl", "model"))
     return logged.rows

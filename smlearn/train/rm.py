@@ -1,4 +1,4 @@
-"""Stage 4 — the reward model: learns the ranking of rationales (TRL `RewardTrainer`, Bradley–Terry loss).
+"""Stage 4, rm — the reward model: learns the ranking of rationales (TRL `RewardTrainer`, Bradley–Terry loss).
 
 Input: `pairs.jsonl` rows {"question_id", "prompt", "chosen", "rejected",
 "chosen_level", "rejected_level", "split"}; "train" pairs train the model,
@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 
-from .. import context
+from .. import stage_io
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_json, write_jsonl
 from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
-from .lora import build_lora_config, merge_lora, prepare_for_training
-from .scoring import RewardScorer, load_reward_backbone
+from .common import build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty, trainer_args
+from .reward_scorer import RewardScorer, load_reward_backbone
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
-from .sft import quiet_unless, remove_if_empty, trainer_args
 
 SPLITS = ("train", "heldout")
 
@@ -57,7 +56,7 @@ def load_pairs(run: Run) -> list[dict[str, Any]]:
 def backbone_path(run: Run) -> str:
     init = run.config.rm.init
     try:
-        return context.model_path(run, init)
+        return stage_io.model_path(run, init)
     except SmlearnError:
         raise SmlearnError(f"rm.init={init}: this run has no {init} model yet; run smlearn train sft "
                            f"--run {run.root} first, or set rm.init=base") from None
@@ -121,7 +120,7 @@ def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
 
     trained = merge_lora(trainer.model, run.path("rm", "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    context.save_model(trained, tokenizer, run.path("rm", "model"))
+    stage_io.save_model(trained, tokenizer, run.path("rm", "model"))
 
     metrics, scores = evaluate_rm(RewardScorer(trained, tokenizer), train_rows, heldout_rows,
                                   batch_size=cfg.batch_size)

@@ -1,4 +1,4 @@
-"""Stage 3 — supervised fine-tuning on the high-quality rationales (TRL `SFTTrainer`).
+"""Stage 3, sft — supervised fine-tuning on the high-quality rationales (TRL `SFTTrainer`).
 
 Input: `sft.jsonl` rows {"question_id", "prompt", "completion"} written by collect.
 The loss covers the completion tokens only (the rationale, the answer sentence
@@ -7,19 +7,17 @@ merged in), `sft/adapter/` (LoRA only), `sft/log.jsonl` (the trainer's log).
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import time
-from pathlib import Path
 from typing import Any
 
-from .. import context
+from .. import stage_io
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_jsonl
 from ..models import resolve_device
 from ..rundir import Run
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
-from .lora import build_lora_config, merge_lora, prepare_for_training, use_bf16
+from .common import (build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty,
+                     train_summary, trainer_args)
 
 
 def load_sft_rows(run: Run) -> list[dict[str, Any]]:
@@ -38,64 +36,6 @@ def load_sft_rows(run: Run) -> list[dict[str, Any]]:
                 raise SmlearnError(f"{path}, row {i}: field '{key}' must be a non-empty string")
     return rows
 
-
-# ---------------------------------------------------------------------------
-# Helpers shared with the RM stage.
-# ---------------------------------------------------------------------------
-
-def trainer_args(cfg, output_dir, device, n_examples: int, progress: bool,
-                 report_to: list[str] | str = "none", run_name: str | None = None) -> dict[str, Any]:
-    """TrainingArguments common to our TRL trainers, from an SFT/RM stage section; `report_to` the hosted
-    loggers (smlearn.tracking.hf_report_to: TensorBoard is attached as a callback)."""
-    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
-    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    warmup = getattr(cfg, "warmup_ratio", 0.0)
-    return dict(
-        output_dir=str(output_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        # transformers 5 dropped warmup_ratio: a float in [0, 1) in warmup_steps is the ratio.
-        warmup_steps=min(warmup, 0.999) if warmup > 0 else 0,
-        weight_decay=getattr(cfg, "weight_decay", 0.0),
-        # TRL turns gradient checkpointing and bf16 on by default: set both explicitly
-        # (transformers 5 renamed gradient_checkpointing to activation_checkpointing).
-        activation_checkpointing=getattr(cfg, "gradient_checkpointing", False),
-        bf16=use_bf16(device), use_cpu=device.type == "cpu",
-        seed=cfg.seed, data_seed=cfg.seed, max_length=cfg.max_length,
-        logging_steps=max(1, min(10, total_steps // 10)), logging_first_step=True,
-        save_strategy="no", report_to=report_to, run_name=run_name, disable_tqdm=not progress, dataloader_num_workers=0)
-
-
-@contextlib.contextmanager
-def quiet_unless(progress: bool):
-    """Hide datasets' map/filter progress bars when progress is off (restored afterwards)."""
-    import datasets
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    if not progress:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-def remove_if_empty(folder) -> None:
-    """The Trainer creates output_dir even though nothing is checkpointed (save_strategy="no")."""
-    with contextlib.suppress(OSError):
-        Path(folder).rmdir()
-
-
-def train_summary(trainer, train_output, n_examples: int, t0: float) -> dict[str, Any]:
-    return {"examples": n_examples, "epochs": trainer.args.num_train_epochs,
-            "steps": trainer.state.global_step,
-            "train_loss": round(float(train_output.training_loss), 6),
-            "seconds": round(time.time() - t0, 1)}
-
-
-# ---------------------------------------------------------------------------
-# The stage.
-# ---------------------------------------------------------------------------
 
 def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], progress: bool = True,
                       out_name: str = "sft"):
@@ -135,7 +75,7 @@ def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress
     """
     t0 = time.time()
     cfg = run.config.sft
-    model, tokenizer = context.load_model(run, "base")
+    model, tokenizer = stage_io.load_model(run, "base")
     model, save_dtype = prepare_for_training(model, cfg.lora.enabled)
     model.train()
     trainer = build_sft_trainer(run, model, tokenizer, rows, progress, out_name)
@@ -149,5 +89,5 @@ def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress
     remove_if_empty(trainer.args.output_dir)
     trained = merge_lora(trainer.model, run.path(out_name, "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    context.save_model(trained, tokenizer, run.path(out_name, "model"))
+    stage_io.save_model(trained, tokenizer, run.path(out_name, "model"))
     return train_summary(trainer, result, len(rows), t0)

@@ -1,4 +1,8 @@
-"""What every stage loads from a run: examples, a model and its tokenizer, the prompt builder."""
+"""What every stage reads from a run and writes into it: examples, models and their tokenizers, the prompt builder.
+
+A *stage* is a step of the pipeline (rundir.STAGES), a *model* a checkpoint it
+reads or makes (rundir.MODELS: the configured base model, or a folder of the run).
+"""
 from __future__ import annotations
 
 import os
@@ -9,9 +13,8 @@ from .data import Example, load_split
 from .errors import SmlearnError
 from .models import load_causal_lm, load_tokenizer
 from .prompts import PromptBuilder, load_exemplars
-from .rundir import Run
+from .rundir import MODEL_DIRS, Run
 
-MODEL_DIRS = {"sft": "sft/model", "rl": "rl/model", "oracle": "oracle/model"}
 
 
 def examples(run: Run, split: str) -> list[Example]:
@@ -19,7 +22,7 @@ def examples(run: Run, split: str) -> list[Example]:
 
 
 def model_path(run: Run, which: str) -> str:
-    """`base` → the configured model; `sft` / `rl` → the run's trained model folder."""
+    """`base` → the configured model; `sft` / `rl` / `oracle` → the run's trained model folder."""
     if which == "base":
         return _base_path(run)
     path = run.path(MODEL_DIRS[which])

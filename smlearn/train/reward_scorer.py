@@ -1,4 +1,4 @@
-"""Scoring completions with a trained reward model (RM evaluation and RL rewards).
+"""Reward-model scores: a trained RM's scalar for each (prompt, completion) (RM evaluation, RL rewards).
 
 The text scored is exactly what TRL's `RewardTrainer` trained on:
 `prompt + completion + eos_token` (EOS added when missing), tokenized with the

@@ -1,9 +1,10 @@
-"""Answer extraction and normalisation, separate from generation.
+"""Reading answers by kind: a gold answer's canonical form, the answer a completion states, and equality.
 
-Generation produces raw completions; this module turns a completion into a
-canonical answer string and compares it with a gold answer (as
-lm-evaluation-harness does with its filters and metrics), so that the same
-completions can be re-scored with other rules without re-generating.
+Every layer uses it: data validates gold answers with it, generation reads the
+answers its samples state, collection the hint-free final answers, RL its
+rollouts' answers, evaluation the test completions. It is kept apart from
+generation (as lm-evaluation-harness keeps its filters and metrics apart), so
+the same completions can be re-scored with other rules without re-generating.
 
 Completions follow the few-shot chain-of-thought format of Wei et al. 2022,
 "... reasoning ... The answer is X.", but small models often keep going with a
@@ -26,9 +27,9 @@ from decimal import Decimal
 from fractions import Fraction
 
 from smlearn.errors import SmlearnError
+from smlearn.prompts.templates import DEFAULT_TRIGGER
 
 KINDS = ("number", "choice", "yes_no", "text")
-DEFAULT_TRIGGER = "The answer is"
 
 # Letters a choice answer may use when the options are not known.
 _DEFAULT_LETTERS = "ABCDEF"
@@ -72,7 +73,7 @@ _EXTRA_TRIGGERS = (r"\bthe\s+(?:final\s+|correct\s+)?answer\s+is\b", r"\banswer\
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
 
 
-def _cut_hallucination(completion: str) -> str:
+def cut_at_next_question(completion: str) -> str:
     """The completion up to the first made-up next question."""
     match = _NEXT_QUESTION_RE.search(completion)
     return completion[: match.start()] if match else completion
@@ -85,11 +86,14 @@ def _trigger_re(trigger: str) -> re.Pattern[str]:
 def _answer_segment(text: str, trigger: str) -> str | None:
     """The sentence after the first trigger, or None when no trigger occurs."""
     match = _trigger_re(trigger).search(text)
-    if match is None:
-        return None
+    return None if match is None else answer_text_after(text, match.end())
+
+
+def answer_text_after(text: str, start: int) -> str:
+    """The answer sentence's text from `start` (just after a trigger) to the end of the sentence."""
     # "The answer is:\n18" puts the answer on the next line: skip leading
     # whitespace and colons before looking for the end of the sentence.
-    rest = text[match.end():].lstrip(" \t\r\n:")
+    rest = text[start:].lstrip(" \t\r\n:")
     end = _SENTENCE_END_RE.search(rest)
     return (rest[: end.start()] if end else rest).strip()
 
@@ -445,7 +449,7 @@ def extract_answer(completion: str, kind: str, choices: dict[str, str] | None = 
     that "She has 5 + 7 = 12 apples. Then she" is no answer, not "12").
     """
     _check_kind(kind)
-    text = _cut_hallucination(completion)
+    text = cut_at_next_question(completion)
     segment = _answer_segment(text, trigger)
     if strict and segment is None:
         return None
