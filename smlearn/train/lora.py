@@ -48,6 +48,22 @@ def use_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def upcast_trainable(model) -> list[str]:
+    """Every trainable half-precision parameter to fp32, in place; returns their names.
+
+    AdamW on bf16 weights loses every update smaller than half a bf16 step (one RL step at lr 1e-6 changed
+    ~2 % of a bf16 model's weights against ~100 % in fp32). PEFT upcasts LoRA adapters but leaves
+    `modules_to_save` (an RM's new `score` head) in the backbone's dtype: this covers both. Frozen weights
+    keep their dtype; the forward then runs under autocast (RL) or the trainer's mixed precision.
+    """
+    names = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            names.append(name)
+    return names
+
+
 def prepare_for_training(model, lora_enabled: bool):
     """Full fine-tuning keeps fp32 master weights (half-precision weights lose small AdamW updates);
     with LoRA the frozen backbone may stay in half precision and PEFT keeps the adapter in fp32.

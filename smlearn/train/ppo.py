@@ -32,6 +32,7 @@ the reward model]) whose `score` head is applied to every token's hidden state.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -286,6 +287,18 @@ class PPOTrainer:
         self.ref_policy.to(self.device)
         self.value_model.to(self.device)
 
+        # Precision: AdamW on bf16 weights loses every update below half a bf16 step (at lr 1e-6 one step
+        # changed ~2 % of a bf16 policy's weights, ~100 % in fp32). Trainable weights are kept in fp32 (master
+        # weights) and, when the policy was loaded in bf16, every forward (rollouts included) runs under bf16
+        # autocast, as the HF trainers' mixed precision does. Frozen weights (the reference, a LoRA backbone)
+        # keep their dtype.
+        from .lora import upcast_trainable
+
+        loaded = {p.dtype for p in policy.parameters()}
+        self.autocast_dtype = torch.bfloat16 if torch.bfloat16 in loaded else None
+        upcast_trainable(self.policy)
+        upcast_trainable(self.value_model)
+
         # Seed everything: torch (rollout sampling, init of anything created later) and our own generator
         # for the prompt order and the minibatch shuffles.
         torch.manual_seed(config.seed)
@@ -329,6 +342,12 @@ class PPOTrainer:
         self.engine = EngineOptions(engine=engine)
         self.global_step = 0
 
+    def autocast(self):
+        """The forwards' precision: bf16 autocast over fp32 master weights when the policy came in bf16."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
     # -- prompt sampling ----------------------------------------------------
     def next_prompt_indices(self, n: int) -> list[int]:
         """Cycle through seeded random permutations of the prompts (a new one each pass)."""
@@ -349,7 +368,8 @@ class PPOTrainer:
         prompt_ids = [encode_prompt(tok, p) for p in prompts]
         if not all(prompt_ids):
             raise SmlearnError("PPO prompts tokenised to nothing (empty prompts?)")
-        generated = generate_ids(self.policy, tok, prompt_ids, self.sampling, self.engine)
+        with self.autocast():
+            generated = generate_ids(self.policy, tok, prompt_ids, self.sampling, self.engine)
         width, length = max(map(len, prompt_ids)), max(1, max(map(len, generated)))
         query = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
         query_mask = torch.zeros_like(query)
@@ -390,9 +410,10 @@ class PPOTrainer:
         logprobs, ref_logprobs, values = [], [], []
         for s in range(0, len(prompts), cfg.mini_batch_size):
             ids, att = input_ids[s:s + cfg.mini_batch_size], attention_mask[s:s + cfg.mini_batch_size]
-            logprobs.append(response_logprobs(self.policy, ids, att, context_length, cfg.temperature)[0])
-            ref_logprobs.append(response_logprobs(self.ref_policy, ids, att, context_length, cfg.temperature)[0])
-            values.append(response_values(self.value_model, ids, att, context_length))
+            with self.autocast():
+                logprobs.append(response_logprobs(self.policy, ids, att, context_length, cfg.temperature)[0])
+                ref_logprobs.append(response_logprobs(self.ref_policy, ids, att, context_length, cfg.temperature)[0])
+                values.append(response_values(self.value_model, ids, att, context_length))
         maskb = mask.bool()
         logprobs = torch.cat(logprobs).masked_fill(~maskb, INVALID_LOGPROB)
         ref_logprobs = torch.cat(ref_logprobs).masked_fill(~maskb, INVALID_LOGPROB)
@@ -420,9 +441,10 @@ class PPOTrainer:
         old_logprobs, old_values = batch["logprobs"][idx], batch["values"][idx]
         advantages, returns = batch["advantages"][idx], batch["returns"][idx]
 
-        new_logprobs, logits = response_logprobs(self.policy, ids, att, context_length, cfg.temperature)
+        with self.autocast():
+            new_logprobs, logits = response_logprobs(self.policy, ids, att, context_length, cfg.temperature)
+            new_values = response_values(self.value_model, ids, att, context_length)
         new_logprobs = new_logprobs.masked_fill(~mask.bool(), INVALID_LOGPROB)
-        new_values = response_values(self.value_model, ids, att, context_length)
 
         # [detail: clipped value loss] L^VF = 0.5 * E[max((V - R)^2, (V_clip - R)^2)],
         # V_clip = V_old + clip(V - V_old, -eps_v, eps_v).

@@ -136,6 +136,7 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
 
     cfg = run.config
     policy, tokenizer = context.load_model(run, "sft")
+    save_dtype = policy.dtype          # the trainer keeps fp32 master weights; the model is saved as loaded
     ref_policy, _ = context.load_model(run, "sft")
     value_model = load_reward_backbone(run.path("rm", "model"),
                                        trust_remote_code=cfg.model.trust_remote_code).to(policy.device)
@@ -151,7 +152,7 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
         logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
     finally:
         metrics.close()
-    context.save_model(policy, tokenizer, run.path("rl", "model"))
+    context.save_model(policy.to(save_dtype), tokenizer, run.path("rl", "model"))
     return logs
 
 

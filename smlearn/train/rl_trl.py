@@ -13,7 +13,10 @@ plus rl.missing_eos_penalty), so training past the answer is penalised rather th
 """
 from __future__ import annotations
 
+import contextlib
 import os
+
+import torch
 
 from .. import context
 from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids, truncate_at_stop
@@ -21,7 +24,7 @@ from ..io import write_jsonl
 from ..models import resolve_device
 from ..prompts import STOP_STRINGS
 from ..rundir import Run
-from .lora import use_bf16
+from .lora import upcast_trainable
 from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
 from .sft import quiet_unless
 
@@ -66,8 +69,9 @@ class _LoggedReward:
         return rewards
 
 
-def engine_rollout(params: SamplingParams, options: EngineOptions):
-    """A TRL `rollout_func`: completions from smlearn's engine, ending at EOS or a stop string."""
+def engine_rollout(params: SamplingParams, options: EngineOptions, autocast_dtype: torch.dtype | None = None):
+    """A TRL `rollout_func`: completions from smlearn's engine, ending at EOS or a stop string; with
+    `autocast_dtype` (bf16 runs: fp32 master weights) the rollouts run in that precision, as the updates."""
 
     def rollout(prompts, trainer):
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -75,8 +79,12 @@ def engine_rollout(params: SamplingParams, options: EngineOptions):
         prompt_ids = [encode_prompt(tok, p) for p in prompts]
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
+        precision = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
         try:
-            completion_ids = generate_ids(model, tok, prompt_ids, params, options)
+            with precision:
+                completion_ids = generate_ids(model, tok, prompt_ids, params, options)
         finally:
             model.train(was_training)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
@@ -123,6 +131,11 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
 
     cfg = run.config.rl
     policy, tokenizer = context.load_model(run, "sft")
+    # Precision: a bf16 run trains fp32 master weights under TRL's bf16 mixed precision (autocast); AdamW on
+    # the bf16 weights themselves would round small updates away. The model is saved in the dtype it came in.
+    save_dtype = policy.dtype
+    bf16 = save_dtype == torch.bfloat16
+    upcast_trainable(policy)
     policy.train()
     device = resolve_device(run.config.model.device)
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
@@ -133,7 +146,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
         per_device_train_batch_size=cfg.rollout_batch_size, num_generations=cfg.num_generations,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
         beta=cfg.kl_coef, seed=cfg.seed, report_to=hf_report_to(run), run_name=run_name(run, "rl"), save_strategy="no", logging_steps=1,
-        bf16=use_bf16(device), use_cpu=device.type == "cpu", disable_tqdm=not progress,
+        bf16=bf16, use_cpu=device.type == "cpu", disable_tqdm=not progress,
         activation_checkpointing=False)
     dataset = Dataset.from_list([{"prompt": p, "question_index": i} for i, p in enumerate(prompts)])
     eos = {tokenizer.eos_token_id} - {None}
@@ -142,7 +155,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     if cfg.algorithm == "grpo":
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                                 top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS), use_generation_config=False)
-        extra["rollout_func"] = engine_rollout(params, context.engine_options(run))
+        extra["rollout_func"] = engine_rollout(params, context.engine_options(run), torch.bfloat16 if bf16 else None)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     evals: dict[int, dict] = {}
     if evaluate_fn is not None and cfg.eval_every > 0:
@@ -167,5 +180,5 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     for step, row in enumerate(logged.rows, start=1):
         parts.log(row, step)
     parts.close()
-    context.save_model(trainer.model.eval(), tokenizer, run.path("rl", "model"))
+    context.save_model(trainer.model.eval().to(save_dtype), tokenizer, run.path("rl", "model"))
     return logged.rows
