@@ -403,6 +403,12 @@ def _use_fast(model, params: SamplingParams, prompt_ids: list[list[int]], option
     return not reasons
 
 
+def _unwrap(model):
+    """A PEFT (LoRA) model generates through the transformers model it wraps: its LoRA layers stay active."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "disable_adapter") else model
+
+
 def _decode(tokenizer, generated: list[list[int]], params: SamplingParams) -> list[str]:
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return [truncate_at_stop(t, params.stop_strings) for t in texts]
@@ -415,6 +421,7 @@ def generate_ids(model, tokenizer, prompt_ids: list[list[int]], params: Sampling
     the token that completed a stop string (the fast engine stops there; Hugging Face's may run a little past
     and pad, which the caller cuts). RL rollouts use the ids, which their log-probs are computed on."""
     options = options or EngineOptions()
+    model = _unwrap(model)
     if not _use_fast(model, params, prompt_ids, options):
         return _generate_hf(model, tokenizer, prompt_ids, params)
     with shared_prefix_attention(model):
@@ -438,6 +445,7 @@ def generate_texts(model, tokenizer, prompts: list[str], params: SamplingParams,
     if not prompts:
         return []
     options = options or EngineOptions()
+    model = _unwrap(model)
     labels = labels or [f"prompt {i}" for i in range(len(prompts))]
     ids = check_context(tokenizer, model, prompts, labels, params.max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))

@@ -190,13 +190,24 @@ def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, context_
     return logprobs, logits
 
 
+def unwrap_peft(model):
+    """The transformers model under a PEFT wrapper (its LoRA layers stay active), or `model` itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def is_peft(model) -> bool:
+    return callable(getattr(model, "get_base_model", None)) and hasattr(model, "disable_adapter")
+
+
 def response_values(value_model, input_ids: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
     """Values V(s_t) (B, T): the value model's `score` head on the hidden state of the token
-    before each response token (the state in which that token was chosen)."""
-    backbone = getattr(value_model, value_model.base_model_prefix)
+    before each response token (the state in which that token was chosen). A LoRA value model (PEFT) runs
+    its adapters and its trained head copy."""
+    model = unwrap_peft(value_model)
+    backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids_from(attention_mask), use_cache=False).last_hidden_state
-    return value_model.score(hidden[:, context_length - 1:-1]).squeeze(-1).float()
+    return model.score(hidden[:, context_length - 1:-1]).squeeze(-1).float()
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -264,7 +275,10 @@ def truncate_responses(response_ids: Tensor, tokenizer, eos_token_ids: set[int],
 # ---------------------------------------------------------------------------
 
 class PPOTrainer:
-    """PPO on `prompts` against `reward_fn`. `config` is the run's `rl` section (RLStageConfig)."""
+    """PPO on `prompts` against `reward_fn`. `config` is the run's `rl` section (RLStageConfig).
+
+    LoRA: pass a PEFT policy and `ref_policy=None`; the reference is then the policy with its adapters
+    disabled (the SFT weights, no second copy). The value model may be a PEFT model too."""
 
     def __init__(self, config: RLStageConfig, policy, ref_policy, value_model, tokenizer, prompts: list[str],
                  reward_fn: RewardFn, log_path: str | Path | None = None, stop_strings: list[str] | None = None,
@@ -284,7 +298,11 @@ class PPOTrainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.metric_logger = metric_logger
         self.device = next(policy.parameters()).device
-        self.ref_policy.to(self.device)
+        if ref_policy is None and not is_peft(policy):
+            raise SmlearnError("PPO without a reference model needs a LoRA (PEFT) policy: the reference is the "
+                               "policy with its adapters disabled")
+        if ref_policy is not None:
+            self.ref_policy.to(self.device)
         self.value_model.to(self.device)
 
         # Precision: AdamW on bf16 weights loses every update below half a bf16 step (at lr 1e-6 one step
@@ -308,10 +326,11 @@ class PPOTrainer:
         # [detail: disable dropout] dropout would make the "old" logprobs of the rollout differ from
         # the logprobs of the same policy in the first update (ratio != 1 before any step), so every
         # model stays in eval mode, even while training.
-        for model in (self.policy, self.ref_policy, self.value_model):
+        for model in self.models():
             model.eval()
         # The reference (SFT) policy is frozen.
-        self.ref_policy.requires_grad_(False)
+        if self.ref_policy is not None:
+            self.ref_policy.requires_grad_(False)
 
         # [detail: Adam epsilon 1e-5] separate AdamW optimisers for the two networks; no weight decay by
         # default (TRL's PPOv2 and CleanRL use none).
@@ -341,6 +360,16 @@ class PPOTrainer:
                                        stop_strings=tuple(self.stop_strings), use_generation_config=False)
         self.engine = EngineOptions(engine=engine)
         self.global_step = 0
+
+    def models(self) -> list:
+        return [m for m in (self.policy, self.ref_policy, self.value_model) if m is not None]
+
+    def reference_logprobs(self, ids: Tensor, att: Tensor, context_length: int) -> Tensor:
+        """Log-probs under the frozen reference: its own copy, or the LoRA policy with adapters disabled."""
+        if self.ref_policy is not None:
+            return response_logprobs(self.ref_policy, ids, att, context_length, self.config.temperature)[0]
+        with self.policy.disable_adapter():
+            return response_logprobs(self.policy, ids, att, context_length, self.config.temperature)[0]
 
     def autocast(self):
         """The forwards' precision: bf16 autocast over fp32 master weights when the policy came in bf16."""
@@ -412,7 +441,7 @@ class PPOTrainer:
             ids, att = input_ids[s:s + cfg.mini_batch_size], attention_mask[s:s + cfg.mini_batch_size]
             with self.autocast():
                 logprobs.append(response_logprobs(self.policy, ids, att, context_length, cfg.temperature)[0])
-                ref_logprobs.append(response_logprobs(self.ref_policy, ids, att, context_length, cfg.temperature)[0])
+                ref_logprobs.append(self.reference_logprobs(ids, att, context_length))
                 values.append(response_values(self.value_model, ids, att, context_length))
         maskb = mask.bool()
         logprobs = torch.cat(logprobs).masked_fill(~maskb, INVALID_LOGPROB)
@@ -499,7 +528,7 @@ class PPOTrainer:
     def step(self, prompt_indices: list[int]) -> dict:
         cfg = self.config
         start = time.time()
-        for model in (self.policy, self.ref_policy, self.value_model):
+        for model in self.models():
             model.eval()                       # [detail: disable dropout], also if a caller flipped it back
         self.set_learning_rate()
         t_rollout = time.time()
@@ -587,4 +616,4 @@ def _mean(values) -> float:
 __all__ = ["PPOConfig", "RLStageConfig", "RewardFn", "PPOTrainer", "compute_gae", "masked_mean", "masked_var",
            "masked_whiten",
            "per_token_rewards", "kl_per_token", "truncate_responses", "response_logprobs", "response_values",
-           "entropy_from_logits", "position_ids_from", "INVALID_LOGPROB"]
+           "entropy_from_logits", "position_ids_from", "INVALID_LOGPROB", "is_peft", "unwrap_peft"]

@@ -134,14 +134,30 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
     from .ppo import PPOTrainer
     from .scoring import load_reward_backbone
 
+    from .lora import build_lora_config, merge_lora
+
     cfg = run.config
+    lora = cfg.rl.lora.enabled
     policy, tokenizer = context.load_model(run, "sft")
     save_dtype = policy.dtype          # the trainer keeps fp32 master weights; the model is saved as loaded
-    ref_policy, _ = context.load_model(run, "sft")
-    value_model = load_reward_backbone(run.path("rm", "model"),
+    if lora:
+        # The policy is LoRA adapters on the SFT weights; with the adapters disabled it is the SFT model, the
+        # KL reference, so no second copy is loaded. The value model is adapters (and its head) on the RM
+        # backbone, which stays in the run's dtype.
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, build_lora_config(cfg.rl.lora, "causal_lm"))
+        ref_policy = None
+        value_dtype = save_dtype
+    else:
+        ref_policy, _ = context.load_model(run, "sft")
+        value_dtype = torch.float32
+    value_model = load_reward_backbone(run.path("rm", "model"), dtype=value_dtype,
                                        trust_remote_code=cfg.model.trust_remote_code).to(policy.device)
     value_model.config.pad_token_id = tokenizer.pad_token_id
     standardise_value_head(value_model, *rm_normalisation(run))
+    if lora:
+        value_model = get_peft_model(value_model, build_lora_config(cfg.rl.lora, "seq_cls"))
     log_path = run.path("rl", "log.jsonl")
     log_path.unlink(missing_ok=True)
     metrics = MetricLogger(run, "rl", config=dataclasses.asdict(cfg.rl))
@@ -152,7 +168,8 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
         logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
     finally:
         metrics.close()
-    context.save_model(policy.to(save_dtype), tokenizer, run.path("rl", "model"))
+    trained = merge_lora(policy, run.path("rl", "adapter") if lora else None)
+    context.save_model(trained.to(save_dtype), tokenizer, run.path("rl", "model"))
     return logs
 
 

@@ -24,7 +24,7 @@ from ..io import write_jsonl
 from ..models import resolve_device
 from ..prompts import STOP_STRINGS
 from ..rundir import Run
-from .lora import upcast_trainable
+from .lora import build_lora_config, merge_lora, upcast_trainable
 from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
 from .sft import quiet_unless
 
@@ -135,7 +135,13 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     # the bf16 weights themselves would round small updates away. The model is saved in the dtype it came in.
     save_dtype = policy.dtype
     bf16 = save_dtype == torch.bfloat16
-    upcast_trainable(policy)
+    peft_config = None
+    if cfg.lora.enabled:
+        # LoRA: TRL wraps the policy (adapters in fp32, the backbone as loaded) and computes the reference
+        # log-probs with the adapters disabled: no second copy of the model.
+        peft_config = build_lora_config(cfg.lora, "causal_lm")
+    else:
+        upcast_trainable(policy)
     policy.train()
     device = resolve_device(run.config.model.device)
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
@@ -162,7 +168,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
         extra["callbacks"] = [_eval_callback(evaluate_fn, cfg.eval_every, cfg.steps, evals)]
     with quiet_unless(progress):
         trainer = trainer_cls(model=policy, reward_funcs=[logged], args=args, train_dataset=dataset,
-                              processing_class=tokenizer, **extra)
+                              processing_class=tokenizer, peft_config=peft_config, **extra)
         setup_trainer_callbacks(trainer, run, "rl", progress)
         trainer.train()
     # TRL's own per-step metrics (KL to the reference when beta > 0) complete our rows.
@@ -180,5 +186,6 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     for step, row in enumerate(logged.rows, start=1):
         parts.log(row, step)
     parts.close()
-    context.save_model(trainer.model.eval().to(save_dtype), tokenizer, run.path("rl", "model"))
+    trained = merge_lora(trainer.model, run.path("rl", "adapter") if peft_config is not None else None)
+    context.save_model(trained.eval().to(save_dtype), tokenizer, run.path("rl", "model"))
     return logged.rows
