@@ -440,8 +440,12 @@ def generate_batch(model, tokenizer, prompt_ids: list[list[int]], params: Sampli
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], params: SamplingParams, batch_size: int = 16,
                    labels: list[str] | None = None, desc: str = "generate", progress: bool = True,
-                   options: EngineOptions | None = None) -> list[str]:
-    """One completion per prompt, in the order given; batches are formed by prompt length."""
+                   options: EngineOptions | None = None, shard: tuple[int, int] | None = None) -> list[str]:
+    """One completion per prompt, in the order given; batches are formed by prompt length.
+
+    shard=(rank, n): only batches b with b mod n == rank are generated (the others' entries are None): the
+    batches, and the prefix shared by all prompts, are those of the whole call, so n processes together
+    produce what one does (smlearn.dist.merge_shards puts the pieces together)."""
     if not prompts:
         return []
     options = options or EngineOptions()
@@ -457,8 +461,11 @@ def generate_texts(model, tokenizer, prompts: list[str], params: SamplingParams,
     if fast and options.share_prefix:
         with shared_prefix_attention(model):
             prefix = PrefixKV.empty().extend(model, common_prefix(ids))
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
+    starts = list(range(0, len(order), batch_size))
+    if shard is not None:
+        starts = [s for b, s in enumerate(starts) if b % shard[1] == shard[0]]
+    bar = tqdm(total=sum(len(order[s:s + batch_size]) for s in starts), desc=desc, disable=not progress, leave=False)
+    for start in starts:
         batch = order[start:start + batch_size]
         texts = generate_batch(model, tokenizer, [ids[i] for i in batch], params, options, prefix)
         for i, t in zip(batch, texts):

@@ -37,7 +37,9 @@ def merge_lora(model, adapter_dir: str | Path | None = None):
 
     if not isinstance(model, PeftModel):
         return model
-    if adapter_dir is not None:
+    from .. import dist
+
+    if adapter_dir is not None and dist.is_main():
         Path(adapter_dir).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(adapter_dir, safe_serialization=True)
     return model.merge_and_unload()

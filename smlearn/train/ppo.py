@@ -25,6 +25,11 @@ One PPO iteration (`PPOTrainer.step`):
    clipped policy loss L^CLIP, clipped value loss L^VF, gradient clipping, one
    AdamW step for the policy and one for the value model.
 
+Several processes (`accelerate launch`, smlearn.dist): data parallelism. Every process holds the same
+networks; each rolls out, scores and trains on its 1/N of every rollout batch (and of every minibatch),
+and the gradients are averaged across processes before each optimiser step, so the networks stay
+identical. The logged statistics are the means over all processes.
+
 The policy and the value model are separate networks with separate optimisers;
 the value model is an `AutoModelForSequenceClassification`-style model (e.g.
 initialised from the reward model, [detail: initialise the value model from
@@ -42,6 +47,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import dist
 from ..config import RLStageConfig
 from ..errors import ConfigError, SmlearnError
 
@@ -316,11 +322,18 @@ class PPOTrainer:
         self.autocast_dtype = torch.bfloat16 if torch.bfloat16 in loaded else None
         upcast_trainable(self.policy)
         upcast_trainable(self.value_model)
+        # Several processes start from rank 0's trainable weights (a fresh LoRA init is random).
+        dist.broadcast_tensors_([p.data for m in (self.policy, self.value_model) for p in m.parameters()
+                                 if p.requires_grad])
 
         # Seed everything: torch (rollout sampling, init of anything created later) and our own generator
-        # for the prompt order and the minibatch shuffles.
-        torch.manual_seed(config.seed)
+        # for the prompt order and the minibatch shuffles (the same on every process: they draw one global
+        # batch and each takes its slice; rollouts are sampled with a seed of their own per process).
+        torch.manual_seed(config.seed + 1_000_003 * dist.rank())
         self.rng = torch.Generator().manual_seed(config.seed)
+        # Data parallelism: this process's share of every rollout batch and minibatch.
+        self.local_rollouts = dist.per_process(config.rollout_batch_size, "rl.rollout_batch_size")
+        self.local_mini_batch = dist.per_process(config.mini_batch_size, "rl.mini_batch_size")
         self._order: list[int] = []
 
         # [detail: disable dropout] dropout would make the "old" logprobs of the rollout differ from
@@ -437,8 +450,9 @@ class PPOTrainer:
 
         # Old logprobs, reference logprobs and values, in chunks of mini_batch_size to bound memory.
         logprobs, ref_logprobs, values = [], [], []
-        for s in range(0, len(prompts), cfg.mini_batch_size):
-            ids, att = input_ids[s:s + cfg.mini_batch_size], attention_mask[s:s + cfg.mini_batch_size]
+        chunk = self.local_mini_batch
+        for s in range(0, len(prompts), chunk):
+            ids, att = input_ids[s:s + chunk], attention_mask[s:s + chunk]
             with self.autocast():
                 logprobs.append(response_logprobs(self.policy, ids, att, context_length, cfg.temperature)[0])
                 ref_logprobs.append(self.reference_logprobs(ids, att, context_length))
@@ -500,6 +514,12 @@ class PPOTrainer:
         self.policy_optimizer.zero_grad(set_to_none=True)
         self.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Data parallelism: every process's minibatch gradient, averaged (a missing one counts as zero).
+        if dist.is_distributed():
+            for p in self.policy_params + self.value_params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            dist.all_reduce_mean_([p.grad for p in self.policy_params + self.value_params])
         # [detail: global gradient clipping] per network.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm)
         value_grad_norm = torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)
@@ -538,10 +558,11 @@ class PPOTrainer:
         # ppo_epochs passes over shuffled minibatches of the rollout.
         n = len(prompt_indices)
         stats: dict[str, list[float]] = {}
+        mini = self.local_mini_batch
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(n, generator=self.rng).to(self.device)
-            for s in range(0, n, cfg.mini_batch_size):
-                for key, value in self.update_minibatch(batch, perm[s:s + cfg.mini_batch_size]).items():
+            for s in range(0, n, mini):
+                for key, value in self.update_minibatch(batch, perm[s:s + mini]).items():
                     stats.setdefault(key, []).append(value)
 
         self.global_step += 1
@@ -549,7 +570,7 @@ class PPOTrainer:
         non_score = (-cfg.kl_coef * batch["kl"]).sum(1)
         log = {
             "step": self.global_step,
-            "episode": self.global_step * n,
+            "episode": self.global_step * n * dist.world_size(),
             "reward_mean": _mean(batch["reward_out"]["reward"]),
             "score_mean": batch["scores"].mean().item(),
             "kl_mean": batch["kl"].sum(1).mean().item(),
@@ -571,7 +592,7 @@ class PPOTrainer:
         return log
 
     def _write(self, log: dict) -> None:
-        if self.log_path is not None:
+        if self.log_path is not None and dist.is_main():
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a") as f:
                 f.write(json.dumps(log) + "\n")
@@ -586,10 +607,14 @@ class PPOTrainer:
         logs = []
         watch = evaluate is not None and cfg.eval_every > 0
         initial = {f"initial_{k}": v for k, v in evaluate().items()} if watch else {}   # the SFT policy's
-        bar = trange(cfg.steps, desc="ppo", dynamic_ncols=True)
+        bar = trange(cfg.steps, desc="ppo", dynamic_ncols=True, disable=not dist.is_main())
+        share = self.local_rollouts
         for _ in bar:
             prompts = self.next_prompt_indices(cfg.rollout_batch_size // cfg.num_generations)
-            log = self.step([i for i in prompts for _ in range(cfg.num_generations)])
+            rollouts = [i for i in prompts for _ in range(cfg.num_generations)]
+            # One global batch; each process takes its slice (all of it with one process).
+            log = self.step(rollouts[dist.rank() * share:(dist.rank() + 1) * share])
+            log = dist.mean_across(log)
             if log["step"] == 1:
                 log.update(initial)
             if watch and (log["step"] % cfg.eval_every == 0 or log["step"] == cfg.steps):

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from .. import context
+from .. import context, dist
 from ..data import load_split
 from ..evaluate.extract import answers_match, extract_answer
 from ..io import read_json
@@ -122,8 +122,8 @@ def greedy_accuracy_fn(tokenizer, builder, items, few_shot: bool, max_new_tokens
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False, stop_strings=tuple(STOP_STRINGS))
 
     def evaluate(policy) -> dict:
-        outs = generate_texts(policy, tokenizer, prompts, params, batch_size=64, progress=False,
-                              options=EngineOptions(engine=engine))
+        outs = dist.merge_shards(generate_texts(policy, tokenizer, prompts, params, batch_size=64, progress=False,
+                                                options=EngineOptions(engine=engine), shard=dist.shard()))
         result = score_predictions(items, {e.id: o for e, o in zip(items, outs)}, trigger=builder.trigger)
         return {"eval_accuracy": result.accuracy}
 
@@ -146,6 +146,7 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
         # backbone, which stays in the run's dtype.
         from peft import get_peft_model
 
+        torch.manual_seed(cfg.rl.seed)     # the adapters' random init: one rl.seed, one init
         policy = get_peft_model(policy, build_lora_config(cfg.rl.lora, "causal_lm"))
         ref_policy = None
         value_dtype = save_dtype
@@ -159,7 +160,8 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
     if lora:
         value_model = get_peft_model(value_model, build_lora_config(cfg.rl.lora, "seq_cls"))
     log_path = run.path("rl", "log.jsonl")
-    log_path.unlink(missing_ok=True)
+    if dist.is_main():
+        log_path.unlink(missing_ok=True)
     metrics = MetricLogger(run, "rl", config=dataclasses.asdict(cfg.rl))
     trainer = PPOTrainer(cfg.rl, policy, ref_policy, value_model, tokenizer, prompts, reward_fn,
                          log_path=log_path, stop_strings=list(STOP_STRINGS), engine=cfg.model.engine,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .. import context
+from .. import context, dist
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_json, write_jsonl
 from ..models import load_tokenizer, resolve_device, resolve_dtype
@@ -125,7 +125,11 @@ def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
 
     trained = merge_lora(trainer.model, run.path("rm", "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    context.save_model(trained, tokenizer, run.path("rm", "model"))
+    gathered = dist.gathered_state_dict(trainer)
+    context.save_model(trained, tokenizer, run.path("rm", "model"), gathered)
+    if gathered is not None:          # ZeRO-3: this process holds a part of the weights; score with the saved model
+        dist.barrier()
+        trained = load_reward_backbone(run.path("rm", "model"), dtype=save_dtype).to(device).eval()
 
     metrics, scores = evaluate_rm(RewardScorer(trained, tokenizer), train_rows, heldout_rows,
                                   batch_size=cfg.batch_size)

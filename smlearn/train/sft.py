@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import context
+from .. import context, dist
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_jsonl
 from ..models import resolve_device
@@ -52,7 +52,9 @@ def trainer_args(cfg, output_dir, device, n_examples: int, progress: bool,
     warmup = getattr(cfg, "warmup_ratio", 0.0)
     return dict(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        # batch_size is the global batch: each of the processes of a multi-process run takes its share.
+        per_device_train_batch_size=dist.per_process(cfg.batch_size, "batch_size"),
+        gradient_accumulation_steps=cfg.grad_accum,
         # transformers 5 dropped warmup_ratio: a float in [0, 1) in warmup_steps is the ratio.
         warmup_steps=min(warmup, 0.999) if warmup > 0 else 0,
         weight_decay=getattr(cfg, "weight_decay", 0.0),
@@ -149,5 +151,5 @@ def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress
     remove_if_empty(trainer.args.output_dir)
     trained = merge_lora(trainer.model, run.path(out_name, "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    context.save_model(trained, tokenizer, run.path(out_name, "model"))
+    context.save_model(trained, tokenizer, run.path(out_name, "model"), dist.gathered_state_dict(trainer))
     return train_summary(trainer, result, len(rows), t0)
