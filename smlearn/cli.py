@@ -150,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except SmlearnError as e:
-        print(f"smlearn: error: {_one_line(str(e))}", file=sys.stderr)
+        from . import dist
+        from .errors import ConfigError
+
+        # Several processes (smlearn.dist): rank 0 prints the errors all ranks share (a config error, rank 0's
+        # refusal passed on); another rank prints only an error of its own, prefixed with its rank.
+        if dist.is_main() or not isinstance(e, (dist.SharedError, ConfigError)):
+            print(f"{dist.prefix()}smlearn: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("smlearn: interrupted; rerun the same command to resume", file=sys.stderr)

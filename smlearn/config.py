@@ -163,6 +163,9 @@ class RLStageConfig:
     rm_weight: float = 0.5            # w: the RM's share of the reward, w * tanh(standardised RM score)
     rm_score_normalize: bool = True   # standardise RM scores with their mean/std on the training pairs
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    # LoRA for RL: the policy as adapters on the SFT model, whose adapter-disabled forward is the KL reference
+    # (no second copy); PPO's value model as adapters (+ its head) on the RM backbone. Merged into rl/model.
+    lora: LoraConfig = field(default_factory=LoraConfig)
     split: str = "train"              # data split whose questions RL trains on (the lab adds a large "rl" split)
     eval_questions: int = 0           # hold out this many RL questions; greedy accuracy on them is logged
     eval_every: int = 0               # log that held-out greedy accuracy every N steps (0: never)
@@ -195,6 +198,12 @@ class RLStageConfig:
             raise bad("top_p", "must be in (0, 1]")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"rl.gamma, rl.lam: must be in [0, 1], got {self.gamma!r}, {self.lam!r}")
+        if not self.lora.r >= 1:
+            raise ConfigError(f"rl.lora.r: must be >= 1, got {self.lora.r!r}")
+        if not self.lora.alpha > 0:
+            raise ConfigError(f"rl.lora.alpha: must be > 0, got {self.lora.alpha!r}")
+        if not 0 <= self.lora.dropout < 1:
+            raise ConfigError(f"rl.lora.dropout: must be in [0, 1), got {self.lora.dropout!r}")
         c = self.correction
         if c.mode not in ("replace", "add"):
             raise ConfigError(f"rl.correction.mode: '{c.mode}' is not one of replace, add")

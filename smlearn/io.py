@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import dist
 from .errors import DataError, SmlearnError
 
 
@@ -100,15 +101,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# Run artifacts are written by one process: in a multi-process run (smlearn.dist) only rank 0 writes them,
+# and the write_* functions below do nothing on the other ranks.
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows atomically; returns the number of rows."""
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
-    _atomic_write_text(Path(path), "".join(lines))
+    if dist.is_main():
+        _atomic_write_text(Path(path), "".join(lines))
     return len(lines)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    if dist.is_main():
+        _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -121,7 +127,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    _atomic_write_text(Path(path), text)
+    if dist.is_main():
+        _atomic_write_text(Path(path), text)
 
 
 class ChunkedJsonlWriter:
@@ -133,32 +140,61 @@ class ChunkedJsonlWriter:
     chunk, so the chunk is regenerated whole. Because chunks are processed in a
     fixed order with a per-chunk seed, a resumed run produces the same file as
     an uninterrupted one. `finish()` renames the partial file to its final name.
+
+    Several processes (smlearn.dist): rank r appends its chunks to its own partial file
+    (`<name>.partial` for rank 0, `<name>.partial.rank<r>` for the others); a chunk whole in any partial
+    file is done, whatever number of processes wrote it or resumes it; `finish()` merges them in chunk
+    order on rank 0.
     """
 
     def __init__(self, final_path: str | Path, chunk_sizes: list[int], chunk_key: str = "chunk",
                  fingerprint: str | None = None):
         self.final_path = Path(final_path)
-        self.partial_path = self.final_path.with_name(self.final_path.name + ".partial")
+        self.base_partial = self.final_path.with_name(self.final_path.name + ".partial")
+        rank = dist.rank()
+        self.partial_path = (self.base_partial if rank == 0
+                             else self.base_partial.with_name(f"{self.base_partial.name}.rank{rank}"))
         self.fingerprint_path = self.final_path.with_name(self.final_path.name + ".partial.fingerprint")
         self.chunk_key = chunk_key
         self.chunk_sizes = chunk_sizes
         self.done_chunks: set[int] = set()
-        self._discard_if_other_config(fingerprint)
-        self._recover()
+        if dist.is_main():
+            self._discard_if_other_config(fingerprint)
+        dist.barrier()
+        self._recover(self.partial_path)
+        if dist.is_main():
+            # Partial files of ranks this run does not have (an earlier run with more processes).
+            for path in self.partial_files():
+                if path != self.partial_path and self._rank_of(path) >= dist.world_size():
+                    self._recover(path)
+        dist.barrier()
+        for path in self.partial_files():
+            self.done_chunks |= {r[self.chunk_key] for r in self._read(path)}
+
+    def partial_files(self) -> list[Path]:
+        """Every rank's partial file present, rank 0's first."""
+        others = sorted(self.base_partial.parent.glob(f"{self.base_partial.name}.rank*"), key=self._rank_of)
+        return ([self.base_partial] if self.base_partial.exists() else []) + others
+
+    def _rank_of(self, path: Path) -> int:
+        tail = path.name[len(self.base_partial.name):]
+        return int(tail[len(".rank"):]) if tail.startswith(".rank") and tail[len(".rank"):].isdigit() else 0
 
     def _discard_if_other_config(self, fingerprint: str | None) -> None:
         """Rows written under another config (or chunking) are never resumed into this one."""
         key = f"{fingerprint}:{self.chunk_sizes}"
         old = self.fingerprint_path.read_text() if self.fingerprint_path.exists() else None
-        if self.partial_path.exists() and old != key:
-            print(f"[smlearn] {self.partial_path.name}: made with other settings; starting it afresh", flush=True)
-            self.partial_path.unlink()
+        if old != key:
+            for path in self.partial_files():
+                print(f"[smlearn] {path.name}: made with other settings; starting it afresh", flush=True)
+                path.unlink()
         _atomic_write_text(self.fingerprint_path, key)
 
-    def _recover(self) -> None:
-        if not self.partial_path.exists():
+    def _recover(self, path: Path) -> None:
+        """Keep the whole chunks of one partial file; a torn tail and incomplete chunks are dropped."""
+        if not path.exists():
             return
-        raw = self.partial_path.read_bytes()
+        raw = path.read_bytes()
         lines = raw.split(b"\n")
         # A torn final line (no newline) is dropped.
         complete = lines[:-1]
@@ -171,14 +207,12 @@ class ChunkedJsonlWriter:
         counts: dict[int, int] = {}
         for r in rows:
             counts[r[self.chunk_key]] = counts.get(r[self.chunk_key], 0) + 1
-        # Keep the longest prefix of whole chunks, in file order.
-        kept: list[dict] = []
-        for r in rows:
-            c = r[self.chunk_key]
-            if counts.get(c) == self.chunk_sizes[c]:
-                kept.append(r)
-        self.done_chunks = {r[self.chunk_key] for r in kept}
-        _atomic_write_text(self.partial_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        kept = [r for r in rows if counts.get(r[self.chunk_key]) == self.chunk_sizes[r[self.chunk_key]]]
+        _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+    @staticmethod
+    def _read(path: Path) -> list[dict[str, Any]]:
+        return read_jsonl(path) if path.exists() else []
 
     def write_chunk(self, chunk: int, rows: list[dict[str, Any]]) -> None:
         if len(rows) != self.chunk_sizes[chunk]:
@@ -192,17 +226,28 @@ class ChunkedJsonlWriter:
         self.done_chunks.add(chunk)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Rows written so far (whole chunks only), in chunk order."""
-        rows = read_jsonl(self.partial_path) if self.partial_path.exists() else []
-        rows.sort(key=lambda r: r[self.chunk_key])
+        """Rows written so far (whole chunks only), in chunk order, from every rank's partial file (with
+        several processes, after a barrier: other ranks' chunks are read from disk)."""
+        rows: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for path in self.partial_files():
+            file_rows = self._read(path)
+            chunks = {r[self.chunk_key] for r in file_rows} - seen
+            rows += [r for r in file_rows if r[self.chunk_key] in chunks]
+            seen |= chunks
+        rows.sort(key=lambda r: r[self.chunk_key])      # stable: file order within a chunk
         return rows
 
     def finish(self) -> list[dict[str, Any]]:
-        """Sort rows by chunk (file order is chunk order already) and publish atomically."""
-        rows = self.rows()
-        for r in rows:
-            r.pop(self.chunk_key, None)
-        write_jsonl(self.final_path, rows)
-        self.partial_path.unlink(missing_ok=True)
-        self.fingerprint_path.unlink(missing_ok=True)
-        return rows
+        """Merge the chunks in chunk order and publish atomically (rank 0); every rank gets the rows."""
+        dist.barrier()
+        if dist.is_main():
+            rows = self.rows()
+            for r in rows:
+                r.pop(self.chunk_key, None)
+            write_jsonl(self.final_path, rows)
+            for path in self.partial_files():
+                path.unlink(missing_ok=True)
+            self.fingerprint_path.unlink(missing_ok=True)
+        dist.barrier()
+        return rows if dist.is_main() else read_jsonl(self.final_path)

@@ -9,7 +9,8 @@ construction: the next writer takes it over and says so. A holder that ends
 normally removes the file.
 
 The lock is re-entrant within a process: `smlearn.run` holds it and every stage
-it calls takes it again for free.
+it calls takes it again for free. In a multi-process run (smlearn.dist) rank 0
+holds it for all the ranks: the others wait for it, and share its refusal.
 """
 from __future__ import annotations
 
@@ -140,14 +141,17 @@ def run_lock(root: str | Path) -> Iterator[None]:
         finally:
             _HELD[key][1] -= 1
         return
+    from . import dist
+
     created = not root.exists()
-    fd = _acquire(root)
-    _HELD[key] = [fd, 1]
+    fd = dist.main_first(lambda: _acquire(root)) if dist.is_distributed() else _acquire(root)
+    _HELD[key] = [fd if dist.is_main() else -1, 1]
     try:
         yield
     finally:
         del _HELD[key]
-        _release(root, fd, created)
+        if dist.is_main():
+            _release(root, fd, created)
 
 
 def holds_lock(root: str | Path) -> bool:

@@ -19,6 +19,12 @@ SPECIAL_TOKENS = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto`: cuda if available, else cpu. Under a multi-process launcher (smlearn.dist) `auto` and `cuda`
+    mean this process's own GPU, cuda:LOCAL_RANK."""
+    from . import dist
+
+    if device in ("auto", "cuda") and torch.cuda.is_available() and dist.is_distributed():
+        return torch.device(f"cuda:{dist.local_rank()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import dist
 from .config import RunConfig, config_from_dict, load_config
 from .lock import holds_lock, run_lock
 from .rundir import STAGES, Run
@@ -21,12 +23,20 @@ def _as_run(run: Run | str | Path) -> Run:
 
 
 def _locked(fn: Callable) -> Callable:
-    """Run a stage function holding its run directory's writer lock (one writer per run directory)."""
+    """Run a stage function holding its run directory's writer lock (one writer per run directory).
+    Under a multi-process launcher (smlearn.dist) every rank calls it; rank 0 holds the lock, and only
+    rank 0 shows progress bars."""
+    takes_progress = "progress" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
     def wrapper(run, *args, **kwargs):
         run = _as_run(run)
+        if takes_progress and not dist.is_main():
+            kwargs["progress"] = False
         if holds_lock(run.root):       # a stage of `run`, which checked its inputs up front
             return fn(run, *args, **kwargs)
+        dist.init(run.config.model.device)
+        dist.check_config(run.config)
         _check_local_data(run)
         with run_lock(run.root):
             return fn(run, *args, **kwargs)
@@ -57,7 +67,8 @@ def _log(stage: str, summary: dict[str, Any]) -> None:
         elif not isinstance(v, (dict, list)):
             parts.append(f"{k} {_fmt(v)}")
     items = ", ".join(parts)
-    print(f"[smlearn] {stage}: {items}", flush=True)
+    if dist.is_main():
+        print(f"[smlearn] {stage}: {items}", flush=True)
 
 
 @_locked
@@ -185,18 +196,30 @@ def _check_prompt_lengths(config: RunConfig, splits: dict, exemplars, tokenizer)
 
 def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides: list[str] | None = None,
         force: bool = False, progress: bool = True, until: str | None = None) -> Run:
-    """Run every stage in order into `out`; finished stages with the same config are skipped."""
+    """Run every stage in order into `out`; finished stages with the same config are skipped.
+
+    Under `accelerate launch` / torchrun every process runs this; see smlearn.dist for what each stage
+    shares out. Rank 0 checks the inputs, holds the lock and writes; the others follow."""
     config = _config(config, overrides).validate()
-    with run_lock(out):          # first: a second writer is refused before any slow check
+    dist.init(config.model.device)
+    dist.check_config(config)
+    progress = progress and dist.is_main()
+
+    def open_run() -> Run:
         preflight(config)
-        the_run = Run.create(out, config, force=force)
+        return Run.create(out, config, force=force)
+
+    with run_lock(out):          # first: a second writer is refused before any slow check
+        the_run = dist.main_first(open_run) or Run(Path(out), config)
         t0 = time.time()
         for stage in STAGES:
-            if the_run.is_current(stage):
-                print(f"[smlearn] {stage}: done already, skipped", flush=True)
+            if dist.broadcast(the_run.is_current(stage)):          # rank 0 decides, for every rank
+                if dist.is_main():
+                    print(f"[smlearn] {stage}: done already, skipped", flush=True)
             else:
                 _log(stage, STAGE_FUNCTIONS[stage](the_run, progress=progress))
             if stage == until:
                 break
-    print(f"[smlearn] run finished in {time.time() - t0:.0f} s: {the_run.root}", flush=True)
+    if dist.is_main():
+        print(f"[smlearn] run finished in {time.time() - t0:.0f} s: {the_run.root}", flush=True)
     return the_run

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from . import dist
 from .config import RunConfig, load_config, save_config, save_config_text
 from .errors import ConfigError, RunDirError, SmlearnError
 from .io import read_json, write_json
@@ -234,7 +235,8 @@ class Run:
         manifest[stage] = {"fingerprint": fingerprint(self.config, stage),
                            "inputs": input_digest(self.config, stage),
                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
-        write_json(self.root / "manifest.json", manifest)
+        write_json(self.root / "manifest.json", manifest)      # rank 0 only (smlearn.dist)
+        dist.barrier()          # every rank ends the stage here: the manifest is up to date for all
 
     def summary(self, stage: str) -> dict[str, Any]:
         return self.manifest().get(stage, {}).get("summary", {})

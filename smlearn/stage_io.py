@@ -64,15 +64,21 @@ def prompt_builder(run: Run, tokenizer, kind: str) -> PromptBuilder:
                          chat_template=run.config.model.chat_template)
 
 
-def save_model(model, tokenizer, path: str | Path) -> None:
+def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> None:
     """Publish a model folder atomically, like every other artifact: written whole beside its final name,
-    then renamed into place, so a killed process (or a full disk) never leaves a half-written model there."""
+    then renamed into place, so a killed process (or a full disk) never leaves a half-written model there.
+    Only rank 0 of a multi-process run writes (smlearn.dist)."""
+    from . import dist
+
+    if not dist.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # state_dict: the weights gathered from DeepSpeed ZeRO-3's partitions (smlearn.dist), if any.
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

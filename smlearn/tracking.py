@@ -40,6 +40,11 @@ def tb_dir(run, stage: str) -> Path:
 
 
 def _targets(run) -> list[str]:
+    """The loggers to write to; none on the ranks other than 0 of a multi-process run (smlearn.dist)."""
+    from . import dist
+
+    if not dist.is_main():
+        return []
     return [t for t in run.config.log.report_to if t != "none"]
 
 

@@ -172,3 +172,26 @@ def test_critic_free_rl_variants(finished_run, tmp_path, algorithm):
     assert "train/loss" in trl_tags
     parts = EventAccumulator(str(copy / "tb" / "rl-reward")).Reload()
     assert [e.value for e in parts.Scalars("train/correct_mean")] == pytest.approx([r["correct_mean"] for r in log])
+
+
+def test_rl_lora_stage(finished_run, tmp_path):
+    """rl.lora.enabled through the stage (PPO): adapters on the SFT policy and on the RM backbone; rl/model is
+    the merged plain model, rl/adapter the policy's adapter."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    name, data, out = finished_run
+    if name != "multiarith":
+        pytest.skip("one dataset is enough")
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    run = smlearn.Run.open(copy, ["rl.lora.enabled=true", "rl.lora.r=4", "rl.steps=2"])
+    run.invalidate_from("rl")
+    summary = smlearn.train_rl(run, progress=False)
+    assert summary["steps"] == 2
+    weights = load_file(copy / "rl" / "model" / "model.safetensors")
+    sft = load_file(out / "sft" / "model" / "model.safetensors")
+    assert set(weights) == set(sft) and not any("lora" in k for k in weights)
+    assert (copy / "rl" / "adapter" / "adapter_model.safetensors").exists()
+    assert any(not (weights[k] == sft[k]).all() for k in weights if "proj" in k)    # the adapter was merged in

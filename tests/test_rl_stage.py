@@ -249,7 +249,7 @@ def test_one_rl_config_every_ppo_option_reachable_and_documented():
         assert re.search(rf"`rl\.{name}[`.]|`{name}`", readme), f"rl.{name} missing from the README table"
     samples = {bool: True, int: 3, float: 0.25, str: None}
     for f in dataclasses.fields(RLStageConfig):
-        if f.name in ("correction",):
+        if f.name in ("correction", "lora"):
             continue
         value = {"algorithm": "grpo", "kl_estimator": "k3", "lr_scheduler": "constant", "split": "rl",
                  "value_learning_rate": 0.5, "missing_eos_penalty": 0.5}.get(f.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .. import stage_io
+from .. import dist, stage_io
 from ..answers import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
 from ..rundir import Run
@@ -52,8 +52,13 @@ def collect(run: Run, progress: bool = True) -> dict:
     # generation batch, padded to its longest prompt: nothing is sorted across chunks.
     sizes = [min(cfg.batch_size, len(rationales) - i) for i in range(0, len(rationales), cfg.batch_size)]
     writer = ChunkedJsonlWriter(run.path("judged.jsonl"), sizes, fingerprint=run.stage_key("collect"))
-    bar = tqdm(total=len(rationales), desc="collect: final answers", disable=not progress)
+    # Several processes (smlearn.dist): chunk c is rank c mod N's.
+    share = sum(n for c, n in enumerate(sizes) if dist.mine(c))
+    dist.say_share("collect", share, len(rationales), "rationales")
+    bar = tqdm(total=share, desc="collect: final answers", disable=not progress)
     for c, start in enumerate(range(0, len(rationales), cfg.batch_size)):
+        if not dist.mine(c):
+            continue
         if c not in writer.done_chunks:
             writer.write_chunk(c, _judge_chunk(model, tokenizer, builder, by_id,
                                                rationales[start:start + cfg.batch_size], cfg,

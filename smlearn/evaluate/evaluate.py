@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from .. import stage_io
+from .. import dist, stage_io
 from ..generate.engine import SamplingParams, generate_texts
 from ..io import read_json, write_json, write_jsonl
 from ..prompts import STOP_STRINGS
@@ -32,7 +32,11 @@ def evaluate_model(run: Run, name: str, progress: bool = True) -> dict:
     t0 = time.time()
     completions = generate_texts(model, tokenizer, prompts, params, batch_size=cfg.batch_size,
                                  labels=[f"test question id {e.id}" for e in items],
-                                 desc=f"eval {name}", progress=progress, options=stage_io.engine_options(run))
+                                 desc=f"eval {name}", progress=progress, options=stage_io.engine_options(run),
+                                 shard=dist.shard())
+    # Several processes (smlearn.dist): each generated its share of the batches; all get every completion.
+    dist.say_share(f"eval {name}", sum(c is not None for c in completions), len(items), "questions")
+    completions = dist.merge_shards(completions)
     seconds = time.time() - t0
     result = score_predictions(items, {e.id: c for e, c in zip(items, completions)}, trigger=builder.trigger)
     rows = [{"id": s.id, "completion": c, "prediction": s.prediction, "gold": s.gold, "correct": s.correct}

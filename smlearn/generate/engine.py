@@ -395,6 +395,12 @@ def _use_fast(model, params: SamplingParams, prompt_ids: list[list[int]], option
     return not reasons
 
 
+def _unwrap(model):
+    """A PEFT (LoRA) model generates through the transformers model it wraps: its LoRA layers stay active."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "disable_adapter") else model
+
+
 def _decode(tokenizer, generated: list[list[int]], params: SamplingParams) -> list[str]:
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return [truncate_at_stop(t, params.stop_strings) for t in texts]
@@ -407,6 +413,7 @@ def generate_ids(model, tokenizer, prompt_ids: list[list[int]], params: Sampling
     the token that completed a stop string (the fast engine stops there; Hugging Face's may run a little past
     and pad, which the caller cuts). RL rollouts use the ids, which their log-probs are computed on."""
     options = options or EngineOptions()
+    model = _unwrap(model)
     if not _use_fast(model, params, prompt_ids, options):
         return _generate_hf(model, tokenizer, prompt_ids, params)
     with shared_prefix_attention(model):
@@ -425,11 +432,16 @@ def generate_batch(model, tokenizer, prompt_ids: list[list[int]], params: Sampli
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], params: SamplingParams, batch_size: int = 16,
                    labels: list[str] | None = None, desc: str = "generate", progress: bool = True,
-                   options: EngineOptions | None = None) -> list[str]:
-    """One completion per prompt, in the order given; batches are formed by prompt length."""
+                   options: EngineOptions | None = None, shard: tuple[int, int] | None = None) -> list[str]:
+    """One completion per prompt, in the order given; batches are formed by prompt length.
+
+    shard=(rank, n): only batches b with b mod n == rank are generated (the others' entries are None): the
+    batches, and the prefix shared by all prompts, are those of the whole call, so n processes together
+    produce what one does (smlearn.dist.merge_shards puts the pieces together)."""
     if not prompts:
         return []
     options = options or EngineOptions()
+    model = _unwrap(model)
     labels = labels or [f"prompt {i}" for i in range(len(prompts))]
     ids = check_context(tokenizer, model, prompts, labels, params.max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
@@ -441,8 +453,11 @@ def generate_texts(model, tokenizer, prompts: list[str], params: SamplingParams,
     if fast and options.share_prefix:
         with shared_prefix_attention(model):
             prefix = PrefixKV.empty().extend(model, common_prefix(ids))
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
+    starts = list(range(0, len(order), batch_size))
+    if shard is not None:
+        starts = [s for b, s in enumerate(starts) if b % shard[1] == shard[0]]
+    bar = tqdm(total=sum(len(order[s:s + batch_size]) for s in starts), desc=desc, disable=not progress, leave=False)
+    for start in starts:
         batch = order[start:start + batch_size]
         texts = generate_batch(model, tokenizer, [ids[i] for i in batch], params, options, prefix)
         for i, t in zip(batch, texts):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .. import stage_io
+from .. import dist, stage_io
 from ..answers import extract_answer
 from ..data import Example
 from ..io import ChunkedJsonlWriter
@@ -81,6 +81,8 @@ def _sample_chunk(model, tokenizer, builder, by_id, requests, params, seed, chun
 def _run_chunks(writer, model, tokenizer, builder, by_id, requests, params, cfg, offset, bar, options) -> None:
     for c, start in enumerate(range(0, len(requests), cfg.batch_size)):
         chunk = offset + c
+        if not dist.mine(chunk):          # another process's chunk (smlearn.dist)
+            continue
         if chunk in writer.done_chunks:
             bar.update(writer.chunk_sizes[chunk])
             continue
@@ -109,12 +111,16 @@ def generate(run: Run, progress: bool = True) -> dict:
                   [f"question id {e.id}" for e in items], cfg.max_new_tokens)
     writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), free_chunks + hinted_chunks,
                                 fingerprint=run.stage_key("generate"))
-    bar = tqdm(total=n_free + n_hinted, desc="generate rationales", disable=not progress)
+    # Several processes (smlearn.dist): chunk c is rank c mod N's; each chunk keeps its own seed.
+    share = sum(n for c, n in enumerate(free_chunks + hinted_chunks) if dist.mine(c))
+    dist.say_share("generate", share, n_free + n_hinted, "rationales")
+    bar = tqdm(total=share, desc="generate rationales", disable=not progress)
 
     # Phase 1: free CoT samples (they also supply wrong candidates for numbers and text).
     _run_chunks(writer, model, tokenizer, builder, by_id, free_requests(items, cfg.samples_free), params, cfg, 0, bar,
                 stage_io.engine_options(run))
     free_answers: dict[str, list] = {e.id: [] for e in items}
+    dist.barrier()                     # every process's free samples are on disk
     for row in writer.rows():
         if row["source"] == "free":
             free_answers[row["question_id"]].append(row["stated_answer"])

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import dist
 from ..config import LoraConfig
 
 # Our task names → PEFT TaskType values.
@@ -41,7 +42,7 @@ def merge_lora(model, adapter_dir: str | Path | None = None):
 
     if not isinstance(model, PeftModel):
         return model
-    if adapter_dir is not None:
+    if adapter_dir is not None and dist.is_main():
         Path(adapter_dir).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(adapter_dir, safe_serialization=True)
     return model.merge_and_unload()
@@ -50,6 +51,22 @@ def merge_lora(model, adapter_dir: str | Path | None = None):
 def use_bf16(device: torch.device) -> bool:
     """Mixed-precision bf16 only on CUDA GPUs that support it (TRL's default would turn it on everywhere)."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def upcast_trainable(model) -> list[str]:
+    """Every trainable half-precision parameter to fp32, in place; returns their names.
+
+    AdamW on bf16 weights loses every update smaller than half a bf16 step (one RL step at lr 1e-6 changed
+    ~2 % of a bf16 model's weights against ~100 % in fp32). PEFT upcasts LoRA adapters but leaves
+    `modules_to_save` (an RM's new `score` head) in the backbone's dtype: this covers both. Frozen weights
+    keep their dtype; the forward then runs under autocast (RL) or the trainer's mixed precision.
+    """
+    names = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            names.append(name)
+    return names
 
 
 def prepare_for_training(model, lora_enabled: bool):
@@ -73,7 +90,9 @@ def trainer_args(cfg, output_dir, device, n_examples: int, progress: bool,
     warmup = getattr(cfg, "warmup_ratio", 0.0)
     return dict(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        # batch_size is the global batch: each of the processes of a multi-process run takes its share.
+        per_device_train_batch_size=dist.per_process(cfg.batch_size, "batch_size"),
+        gradient_accumulation_steps=cfg.grad_accum,
         # transformers 5 dropped warmup_ratio: a float in [0, 1) in warmup_steps is the ratio.
         warmup_steps=min(warmup, 0.999) if warmup > 0 else 0,
         weight_decay=getattr(cfg, "weight_decay", 0.0),

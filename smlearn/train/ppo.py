@@ -25,6 +25,11 @@ One PPO iteration (`PPOTrainer.step`):
    clipped policy loss L^CLIP, clipped value loss L^VF, gradient clipping, one
    AdamW step for the policy and one for the value model.
 
+Several processes (`accelerate launch`, smlearn.dist): data parallelism. Every process holds the same
+networks; each rolls out, scores and trains on its 1/N of every rollout batch (and of every minibatch),
+and the gradients are averaged across processes before each optimiser step, so the networks stay
+identical. The logged statistics are the means over all processes.
+
 The policy and the value model are separate networks with separate optimisers;
 the value model is an `AutoModelForSequenceClassification`-style model (e.g.
 initialised from the reward model, [detail: initialise the value model from
@@ -32,6 +37,7 @@ the reward model]) whose `score` head is applied to every token's hidden state.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -41,6 +47,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import dist
 from ..config import RLStageConfig
 from ..errors import ConfigError, SmlearnError
 
@@ -189,13 +196,24 @@ def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, context_
     return logprobs, logits
 
 
+def unwrap_peft(model):
+    """The transformers model under a PEFT wrapper (its LoRA layers stay active), or `model` itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def is_peft(model) -> bool:
+    return callable(getattr(model, "get_base_model", None)) and hasattr(model, "disable_adapter")
+
+
 def response_values(value_model, input_ids: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
     """Values V(s_t) (B, T): the value model's `score` head on the hidden state of the token
-    before each response token (the state in which that token was chosen)."""
-    backbone = getattr(value_model, value_model.base_model_prefix)
+    before each response token (the state in which that token was chosen). A LoRA value model (PEFT) runs
+    its adapters and its trained head copy."""
+    model = unwrap_peft(value_model)
+    backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids_from(attention_mask), use_cache=False).last_hidden_state
-    return value_model.score(hidden[:, context_length - 1:-1]).squeeze(-1).float()
+    return model.score(hidden[:, context_length - 1:-1]).squeeze(-1).float()
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -263,7 +281,10 @@ def truncate_responses(response_ids: Tensor, tokenizer, eos_token_ids: set[int],
 # ---------------------------------------------------------------------------
 
 class PPOTrainer:
-    """PPO on `prompts` against `reward_fn`. `config` is the run's `rl` section (RLStageConfig)."""
+    """PPO on `prompts` against `reward_fn`. `config` is the run's `rl` section (RLStageConfig).
+
+    LoRA: pass a PEFT policy and `ref_policy=None`; the reference is then the policy with its adapters
+    disabled (the SFT weights, no second copy). The value model may be a PEFT model too."""
 
     def __init__(self, config: RLStageConfig, policy, ref_policy, value_model, tokenizer, prompts: list[str],
                  reward_fn: RewardFn, log_path: str | Path | None = None, stop_strings: list[str] | None = None,
@@ -283,22 +304,46 @@ class PPOTrainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.metric_logger = metric_logger
         self.device = next(policy.parameters()).device
-        self.ref_policy.to(self.device)
+        if ref_policy is None and not is_peft(policy):
+            raise SmlearnError("PPO without a reference model needs a LoRA (PEFT) policy: the reference is the "
+                               "policy with its adapters disabled")
+        if ref_policy is not None:
+            self.ref_policy.to(self.device)
         self.value_model.to(self.device)
 
+        # Precision: AdamW on bf16 weights loses every update below half a bf16 step (at lr 1e-6 one step
+        # changed ~2 % of a bf16 policy's weights, ~100 % in fp32). Trainable weights are kept in fp32 (master
+        # weights) and, when the policy was loaded in bf16, every forward (rollouts included) runs under bf16
+        # autocast, as the HF trainers' mixed precision does. Frozen weights (the reference, a LoRA backbone)
+        # keep their dtype.
+        from .common import upcast_trainable
+
+        loaded = {p.dtype for p in policy.parameters()}
+        self.autocast_dtype = torch.bfloat16 if torch.bfloat16 in loaded else None
+        upcast_trainable(self.policy)
+        upcast_trainable(self.value_model)
+        # Several processes start from rank 0's trainable weights (a fresh LoRA init is random).
+        dist.broadcast_tensors_([p.data for m in (self.policy, self.value_model) for p in m.parameters()
+                                 if p.requires_grad])
+
         # Seed everything: torch (rollout sampling, init of anything created later) and our own generator
-        # for the prompt order and the minibatch shuffles.
-        torch.manual_seed(config.seed)
+        # for the prompt order and the minibatch shuffles (the same on every process: they draw one global
+        # batch and each takes its slice; rollouts are sampled with a seed of their own per process).
+        torch.manual_seed(config.seed + 1_000_003 * dist.rank())
         self.rng = torch.Generator().manual_seed(config.seed)
+        # Data parallelism: this process's share of every rollout batch and minibatch.
+        self.local_rollouts = dist.per_process(config.rollout_batch_size, "rl.rollout_batch_size")
+        self.local_mini_batch = dist.per_process(config.mini_batch_size, "rl.mini_batch_size")
         self._order: list[int] = []
 
         # [detail: disable dropout] dropout would make the "old" logprobs of the rollout differ from
         # the logprobs of the same policy in the first update (ratio != 1 before any step), so every
         # model stays in eval mode, even while training.
-        for model in (self.policy, self.ref_policy, self.value_model):
+        for model in self.models():
             model.eval()
         # The reference (SFT) policy is frozen.
-        self.ref_policy.requires_grad_(False)
+        if self.ref_policy is not None:
+            self.ref_policy.requires_grad_(False)
 
         # [detail: Adam epsilon 1e-5] separate AdamW optimisers for the two networks; no weight decay by
         # default (TRL's PPOv2 and CleanRL use none).
@@ -329,6 +374,22 @@ class PPOTrainer:
         self.engine = EngineOptions(engine=engine)
         self.global_step = 0
 
+    def models(self) -> list:
+        return [m for m in (self.policy, self.ref_policy, self.value_model) if m is not None]
+
+    def reference_logprobs(self, ids: Tensor, att: Tensor, context_length: int) -> Tensor:
+        """Log-probs under the frozen reference: its own copy, or the LoRA policy with adapters disabled."""
+        if self.ref_policy is not None:
+            return response_logprobs(self.ref_policy, ids, att, context_length, self.config.temperature)[0]
+        with self.policy.disable_adapter():
+            return response_logprobs(self.policy, ids, att, context_length, self.config.temperature)[0]
+
+    def autocast(self):
+        """The forwards' precision: bf16 autocast over fp32 master weights when the policy came in bf16."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
     # -- prompt sampling ----------------------------------------------------
     def next_prompt_indices(self, n: int) -> list[int]:
         """Cycle through seeded random permutations of the prompts (a new one each pass)."""
@@ -349,7 +410,8 @@ class PPOTrainer:
         prompt_ids = [encode_prompt(tok, p) for p in prompts]
         if not all(prompt_ids):
             raise SmlearnError("PPO prompts tokenised to nothing (empty prompts?)")
-        generated = generate_ids(self.policy, tok, prompt_ids, self.sampling, self.engine)
+        with self.autocast():
+            generated = generate_ids(self.policy, tok, prompt_ids, self.sampling, self.engine)
         width, length = max(map(len, prompt_ids)), max(1, max(map(len, generated)))
         query = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
         query_mask = torch.zeros_like(query)
@@ -388,11 +450,13 @@ class PPOTrainer:
 
         # Old logprobs, reference logprobs and values, in chunks of mini_batch_size to bound memory.
         logprobs, ref_logprobs, values = [], [], []
-        for s in range(0, len(prompts), cfg.mini_batch_size):
-            ids, att = input_ids[s:s + cfg.mini_batch_size], attention_mask[s:s + cfg.mini_batch_size]
-            logprobs.append(response_logprobs(self.policy, ids, att, context_length, cfg.temperature)[0])
-            ref_logprobs.append(response_logprobs(self.ref_policy, ids, att, context_length, cfg.temperature)[0])
-            values.append(response_values(self.value_model, ids, att, context_length))
+        chunk = self.local_mini_batch
+        for s in range(0, len(prompts), chunk):
+            ids, att = input_ids[s:s + chunk], attention_mask[s:s + chunk]
+            with self.autocast():
+                logprobs.append(response_logprobs(self.policy, ids, att, context_length, cfg.temperature)[0])
+                ref_logprobs.append(self.reference_logprobs(ids, att, context_length))
+                values.append(response_values(self.value_model, ids, att, context_length))
         maskb = mask.bool()
         logprobs = torch.cat(logprobs).masked_fill(~maskb, INVALID_LOGPROB)
         ref_logprobs = torch.cat(ref_logprobs).masked_fill(~maskb, INVALID_LOGPROB)
@@ -420,9 +484,10 @@ class PPOTrainer:
         old_logprobs, old_values = batch["logprobs"][idx], batch["values"][idx]
         advantages, returns = batch["advantages"][idx], batch["returns"][idx]
 
-        new_logprobs, logits = response_logprobs(self.policy, ids, att, context_length, cfg.temperature)
+        with self.autocast():
+            new_logprobs, logits = response_logprobs(self.policy, ids, att, context_length, cfg.temperature)
+            new_values = response_values(self.value_model, ids, att, context_length)
         new_logprobs = new_logprobs.masked_fill(~mask.bool(), INVALID_LOGPROB)
-        new_values = response_values(self.value_model, ids, att, context_length)
 
         # [detail: clipped value loss] L^VF = 0.5 * E[max((V - R)^2, (V_clip - R)^2)],
         # V_clip = V_old + clip(V - V_old, -eps_v, eps_v).
@@ -449,6 +514,12 @@ class PPOTrainer:
         self.policy_optimizer.zero_grad(set_to_none=True)
         self.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Data parallelism: every process's minibatch gradient, averaged (a missing one counts as zero).
+        if dist.is_distributed():
+            for p in self.policy_params + self.value_params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            dist.all_reduce_mean_([p.grad for p in self.policy_params + self.value_params])
         # [detail: global gradient clipping] per network.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.max_grad_norm)
         value_grad_norm = torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)
@@ -477,7 +548,7 @@ class PPOTrainer:
     def step(self, prompt_indices: list[int]) -> dict:
         cfg = self.config
         start = time.time()
-        for model in (self.policy, self.ref_policy, self.value_model):
+        for model in self.models():
             model.eval()                       # [detail: disable dropout], also if a caller flipped it back
         self.set_learning_rate()
         t_rollout = time.time()
@@ -487,10 +558,11 @@ class PPOTrainer:
         # ppo_epochs passes over shuffled minibatches of the rollout.
         n = len(prompt_indices)
         stats: dict[str, list[float]] = {}
+        mini = self.local_mini_batch
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(n, generator=self.rng).to(self.device)
-            for s in range(0, n, cfg.mini_batch_size):
-                for key, value in self.update_minibatch(batch, perm[s:s + cfg.mini_batch_size]).items():
+            for s in range(0, n, mini):
+                for key, value in self.update_minibatch(batch, perm[s:s + mini]).items():
                     stats.setdefault(key, []).append(value)
 
         self.global_step += 1
@@ -498,7 +570,7 @@ class PPOTrainer:
         non_score = (-cfg.kl_coef * batch["kl"]).sum(1)
         log = {
             "step": self.global_step,
-            "episode": self.global_step * n,
+            "episode": self.global_step * n * dist.world_size(),
             "reward_mean": _mean(batch["reward_out"]["reward"]),
             "score_mean": batch["scores"].mean().item(),
             "kl_mean": batch["kl"].sum(1).mean().item(),
@@ -520,7 +592,7 @@ class PPOTrainer:
         return log
 
     def _write(self, log: dict) -> None:
-        if self.log_path is not None:
+        if self.log_path is not None and dist.is_main():
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a") as f:
                 f.write(json.dumps(log) + "\n")
@@ -535,10 +607,14 @@ class PPOTrainer:
         logs = []
         watch = evaluate is not None and cfg.eval_every > 0
         initial = {f"initial_{k}": v for k, v in evaluate().items()} if watch else {}   # the SFT policy's
-        bar = trange(cfg.steps, desc="ppo", dynamic_ncols=True)
+        bar = trange(cfg.steps, desc="ppo", dynamic_ncols=True, disable=not dist.is_main())
+        share = self.local_rollouts
         for _ in bar:
             prompts = self.next_prompt_indices(cfg.rollout_batch_size // cfg.num_generations)
-            log = self.step([i for i in prompts for _ in range(cfg.num_generations)])
+            rollouts = [i for i in prompts for _ in range(cfg.num_generations)]
+            # One global batch; each process takes its slice (all of it with one process).
+            log = self.step(rollouts[dist.rank() * share:(dist.rank() + 1) * share])
+            log = dist.mean_across(log)
             if log["step"] == 1:
                 log.update(initial)
             if watch and (log["step"] % cfg.eval_every == 0 or log["step"] == cfg.steps):
@@ -565,4 +641,4 @@ def _mean(values) -> float:
 __all__ = ["PPOConfig", "RLStageConfig", "RewardFn", "PPOTrainer", "compute_gae", "masked_mean", "masked_var",
            "masked_whiten",
            "per_token_rewards", "kl_per_token", "truncate_responses", "response_logprobs", "response_values",
-           "entropy_from_logits", "position_ids_from", "INVALID_LOGPROB"]
+           "entropy_from_logits", "position_ids_from", "INVALID_LOGPROB", "is_peft", "unwrap_peft"]

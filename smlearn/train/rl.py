@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from .. import stage_io
+from .. import dist, stage_io
 from ..data import load_split
 from ..answers import answers_match, extract_answer
 from ..io import read_json
@@ -122,8 +122,8 @@ def greedy_accuracy_fn(tokenizer, builder, items, few_shot: bool, max_new_tokens
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False, stop_strings=tuple(STOP_STRINGS))
 
     def evaluate(policy) -> dict:
-        outs = generate_texts(policy, tokenizer, prompts, params, batch_size=64, progress=False,
-                              options=EngineOptions(engine=engine))
+        outs = dist.merge_shards(generate_texts(policy, tokenizer, prompts, params, batch_size=64, progress=False,
+                                                options=EngineOptions(engine=engine), shard=dist.shard()))
         result = score_predictions(items, {e.id: o for e, o in zip(items, outs)}, trigger=builder.trigger)
         return {"eval_accuracy": result.accuracy}
 
@@ -134,15 +134,34 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
     from .ppo import PPOTrainer
     from .reward_scorer import load_reward_backbone
 
+    from .common import build_lora_config, merge_lora
+
     cfg = run.config
+    lora = cfg.rl.lora.enabled
     policy, tokenizer = stage_io.load_model(run, "sft")
-    ref_policy, _ = stage_io.load_model(run, "sft")
-    value_model = load_reward_backbone(run.path("rm", "model"),
+    save_dtype = policy.dtype          # the trainer keeps fp32 master weights; the model is saved as loaded
+    if lora:
+        # The policy is LoRA adapters on the SFT weights; with the adapters disabled it is the SFT model, the
+        # KL reference, so no second copy is loaded. The value model is adapters (and its head) on the RM
+        # backbone, which stays in the run's dtype.
+        from peft import get_peft_model
+
+        torch.manual_seed(cfg.rl.seed)     # the adapters' random init: one rl.seed, one init
+        policy = get_peft_model(policy, build_lora_config(cfg.rl.lora, "causal_lm"))
+        ref_policy = None
+        value_dtype = save_dtype
+    else:
+        ref_policy, _ = stage_io.load_model(run, "sft")
+        value_dtype = torch.float32
+    value_model = load_reward_backbone(run.path("rm", "model"), dtype=value_dtype,
                                        trust_remote_code=cfg.model.trust_remote_code).to(policy.device)
     value_model.config.pad_token_id = tokenizer.pad_token_id
     standardise_value_head(value_model, *rm_normalisation(run))
+    if lora:
+        value_model = get_peft_model(value_model, build_lora_config(cfg.rl.lora, "seq_cls"))
     log_path = run.path("rl", "log.jsonl")
-    log_path.unlink(missing_ok=True)
+    if dist.is_main():
+        log_path.unlink(missing_ok=True)
     metrics = MetricLogger(run, "rl", config=dataclasses.asdict(cfg.rl))
     trainer = PPOTrainer(cfg.rl, policy, ref_policy, value_model, tokenizer, prompts, reward_fn,
                          log_path=log_path, stop_strings=list(STOP_STRINGS), engine=cfg.model.engine,
@@ -151,7 +170,8 @@ def _train_ppo(run: Run, items, prompts, reward_fn, evaluate_fn=None) -> list[di
         logs = trainer.train((lambda: evaluate_fn(policy)) if evaluate_fn else None)
     finally:
         metrics.close()
-    stage_io.save_model(policy, tokenizer, run.path("rl", "model"))
+    trained = merge_lora(policy, run.path("rl", "adapter") if lora else None)
+    stage_io.save_model(trained.to(save_dtype), tokenizer, run.path("rl", "model"))
     return logs
 
 

@@ -13,15 +13,18 @@ plus rl.missing_eos_penalty), so training past the answer is penalised rather th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
-from .. import stage_io
+import torch
+
+from .. import dist, stage_io
 from ..generate.engine import EngineOptions, SamplingParams, encode_prompt, generate_ids
 from ..io import write_jsonl
 from ..models import resolve_device
 from ..prompts import STOP_STRINGS, truncate_at_stop
 from ..rundir import Run
-from .common import quiet_unless, use_bf16
+from .common import build_lora_config, merge_lora, quiet_unless, upcast_trainable
 from ..tracking import MetricLogger, hf_report_to, run_name, setup_trainer_callbacks
 
 
@@ -65,22 +68,37 @@ class _LoggedReward:
         return rewards
 
 
-def engine_rollout(params: SamplingParams, options: EngineOptions):
-    """A TRL `rollout_func`: completions from smlearn's engine, ending at EOS or a stop string."""
+def engine_rollout(params: SamplingParams, options: EngineOptions, autocast_dtype: torch.dtype | None = None):
+    """A TRL `rollout_func`: completions from smlearn's engine, ending at EOS or a stop string; with
+    `autocast_dtype` (bf16 runs: fp32 master weights) the rollouts run in that precision, as the updates."""
 
     def rollout(prompts, trainer):
-        model = trainer.accelerator.unwrap_model(trainer.model)
         tok = trainer.processing_class
         prompt_ids = [encode_prompt(tok, p) for p in prompts]
-        was_training = model.training
-        model.eval()
-        try:
-            completion_ids = generate_ids(model, tok, prompt_ids, params, options)
-        finally:
-            model.train(was_training)
+        with full_model(trainer) as model:          # DeepSpeed ZeRO-3: the weights gathered for generation
+            was_training = model.training
+            model.eval()
+            device = next(model.parameters()).device
+            precision = (torch.autocast(device_type=device.type, dtype=autocast_dtype)
+                         if autocast_dtype is not None else contextlib.nullcontext())
+            try:
+                with precision:
+                    completion_ids = generate_ids(model, tok, prompt_ids, params, options)
+            finally:
+                model.train(was_training)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     return rollout
+
+
+def full_model(trainer):
+    """A context giving the trainer's model unwrapped for generation (from DDP); under DeepSpeed ZeRO-3 its
+    weights are gathered from the processes for the duration (TRL's unwrap_model_for_generation)."""
+    if dist.zero_stage() == 3:
+        from trl.models import unwrap_model_for_generation
+
+        return unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator)
+    return contextlib.nullcontext(trainer.accelerator.unwrap_model(trainer.model))
 
 
 def _trainer_classes(algorithm: str):
@@ -89,27 +107,28 @@ def _trainer_classes(algorithm: str):
     return (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
 
 
-def _eval_callback(evaluate, every: int, total: int, results: dict):
+def _eval_callback(evaluate, every: int, total: int, results: dict, trainer_box: list):
     """A Trainer callback that records evaluate() (greedy accuracy on held-out questions) at step 0 and every
-    `every` steps, into results[step]."""
+    `every` steps, into results[step]. trainer_box[0] is the trainer (set once it exists)."""
     from transformers import TrainerCallback
 
     class EvalCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            results[0] = self._run(model)
+            results[0] = self._run()
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % every == 0 or state.global_step == total:
-                results[state.global_step] = self._run(model)
+                results[state.global_step] = self._run()
 
         @staticmethod
-        def _run(model):
-            was_training = model.training
-            model.eval()
-            try:
-                return evaluate(model)
-            finally:
-                model.train(was_training)
+        def _run():
+            with full_model(trainer_box[0]) as model:
+                was_training = model.training
+                model.eval()
+                try:
+                    return evaluate(model)
+                finally:
+                    model.train(was_training)
 
     return EvalCallback()
 
@@ -122,17 +141,30 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
 
     cfg = run.config.rl
     policy, tokenizer = stage_io.load_model(run, "sft")
+    # Precision: a bf16 run trains fp32 master weights under TRL's bf16 mixed precision (autocast); AdamW on
+    # the bf16 weights themselves would round small updates away. The model is saved in the dtype it came in.
+    save_dtype = policy.dtype
+    bf16 = save_dtype == torch.bfloat16
+    peft_config = None
+    if cfg.lora.enabled:
+        # LoRA: TRL wraps the policy (adapters in fp32, the backbone as loaded) and computes the reference
+        # log-probs with the adapters disabled: no second copy of the model.
+        peft_config = build_lora_config(cfg.lora, "causal_lm")
+    else:
+        upcast_trainable(policy)
     policy.train()
     device = resolve_device(run.config.model.device)
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
-    # rl.rollout_batch_size counts completions per step, as in PPO (TRL: per_device_train_batch_size).
+    # rl.rollout_batch_size counts completions per step, as in PPO: TRL's per_device_train_batch_size times the
+    # number of processes (smlearn.dist; TRL deals the groups out across them).
     args = config_cls(
         output_dir=str(run.path("rl", "trainer")), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=cfg.rollout_batch_size, num_generations=cfg.num_generations,
+        per_device_train_batch_size=dist.per_process(cfg.rollout_batch_size, "rl.rollout_batch_size"),
+        num_generations=cfg.num_generations,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
         beta=cfg.kl_coef, seed=cfg.seed, report_to=hf_report_to(run), run_name=run_name(run, "rl"), save_strategy="no", logging_steps=1,
-        bf16=use_bf16(device), use_cpu=device.type == "cpu", disable_tqdm=not progress,
+        bf16=bf16, use_cpu=device.type == "cpu", disable_tqdm=not progress,
         activation_checkpointing=False)
     dataset = Dataset.from_list([{"prompt": p, "question_index": i} for i, p in enumerate(prompts)])
     eos = {tokenizer.eos_token_id} - {None}
@@ -141,20 +173,24 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     if cfg.algorithm == "grpo":
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                                 top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS), use_generation_config=False)
-        extra["rollout_func"] = engine_rollout(params, stage_io.engine_options(run))
+        extra["rollout_func"] = engine_rollout(params, stage_io.engine_options(run), torch.bfloat16 if bf16 else None)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     evals: dict[int, dict] = {}
+    trainer_box: list = []
     if evaluate_fn is not None and cfg.eval_every > 0:
-        extra["callbacks"] = [_eval_callback(evaluate_fn, cfg.eval_every, cfg.steps, evals)]
+        extra["callbacks"] = [_eval_callback(evaluate_fn, cfg.eval_every, cfg.steps, evals, trainer_box)]
     with quiet_unless(progress):
         trainer = trainer_cls(model=policy, reward_funcs=[logged], args=args, train_dataset=dataset,
-                              processing_class=tokenizer, **extra)
+                              processing_class=tokenizer, peft_config=peft_config, **extra)
+        trainer_box.append(trainer)
         setup_trainer_callbacks(trainer, run, "rl", progress)
         trainer.train()
     # TRL's own per-step metrics (KL to the reference when beta > 0) complete our rows.
     trl_logs = [h for h in trainer.state.log_history if "loss" in h or "kl" in h]
     for row, h in zip(logged.rows, trl_logs):
         row["kl_mean"] = h.get("kl", float("nan"))
+    # Several processes: each logged its own completions; the log holds the means over all of them.
+    logged.rows = [dist.mean_across(row) for row in logged.rows]
     for step, result in evals.items():
         if step == 0 and logged.rows:
             logged.rows[0].update({f"initial_{k}": v for k, v in result.items()})
@@ -166,5 +202,7 @@ def train_critic_free(run: Run, items, prompts: list[str], reward_fn, progress: 
     for step, row in enumerate(logged.rows, start=1):
         parts.log(row, step)
     parts.close()
-    stage_io.save_model(trainer.model.eval(), tokenizer, run.path("rl", "model"))
+    trained = merge_lora(trainer.model, run.path("rl", "adapter") if peft_config is not None else None)
+    stage_io.save_model(trained.eval().to(save_dtype), tokenizer, run.path("rl", "model"),
+                       dist.gathered_state_dict(trainer))
     return logged.rows

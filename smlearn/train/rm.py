@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
-from .. import stage_io
+from .. import dist, stage_io
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_json, write_jsonl
 from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
-from .common import build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty, trainer_args
+from .common import (build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty, trainer_args,
+                     upcast_trainable)
 from .reward_scorer import RewardScorer, load_reward_backbone
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
 
@@ -69,14 +70,18 @@ def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]
 
     cfg = run.config.rm
     device = resolve_device(run.config.model.device)
-    args = RewardConfig(**trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress,
-                                       hf_report_to(run), run_name(run, "rm")))
+    kwargs = trainer_args(cfg, run.path("rm", "trainer"), device, len(train_rows), progress,
+                          hf_report_to(run), run_name(run, "rm"))
+    # A bf16 LoRA backbone runs under bf16 mixed precision (its fp32 head and adapters need the autocast).
+    kwargs["bf16"] = kwargs["bf16"] or any(p.dtype == torch.bfloat16 for p in model.parameters())
+    args = RewardConfig(**kwargs)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                                  for r in train_rows])
     peft_config = build_lora_config(cfg.lora, "seq_cls") if cfg.lora.enabled else None
     with quiet_unless(progress):
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 peft_config=peft_config)
+    upcast_trainable(trainer.model)   # PEFT leaves the new score head (modules_to_save) in a bf16 backbone's dtype
     setup_trainer_callbacks(trainer, run, "rm", progress)
     return trainer
 
@@ -120,7 +125,11 @@ def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
 
     trained = merge_lora(trainer.model, run.path("rm", "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    stage_io.save_model(trained, tokenizer, run.path("rm", "model"))
+    gathered = dist.gathered_state_dict(trainer)
+    stage_io.save_model(trained, tokenizer, run.path("rm", "model"), gathered)
+    if gathered is not None:          # ZeRO-3: this process holds a part of the weights; score with the saved model
+        dist.barrier()
+        trained = load_reward_backbone(run.path("rm", "model"), dtype=save_dtype).to(device).eval()
 
     metrics, scores = evaluate_rm(RewardScorer(trained, tokenizer), train_rows, heldout_rows,
                                   batch_size=cfg.batch_size)

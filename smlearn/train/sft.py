@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .. import stage_io
+from .. import dist, stage_io
 from ..errors import SmlearnError
 from ..io import read_jsonl, write_jsonl
 from ..models import resolve_device
@@ -89,5 +89,5 @@ def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress
     remove_if_empty(trainer.args.output_dir)
     trained = merge_lora(trainer.model, run.path(out_name, "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
-    stage_io.save_model(trained, tokenizer, run.path(out_name, "model"))
+    stage_io.save_model(trained, tokenizer, run.path(out_name, "model"), dist.gathered_state_dict(trainer))
     return train_summary(trainer, result, len(rows), t0)
