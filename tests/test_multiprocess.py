@@ -103,6 +103,11 @@ def test_each_rank_prints_its_share_once_per_stage(runs):
     for stage in ("base", "sft", "rl"):
         assert out.count(f"[rank 0/2] eval {stage}: 4 of 6 questions") == 1, out
         assert out.count(f"[rank 1/2] eval {stage}: 2 of 6 questions") == 1, out
+    # Training stages: each process's share of the global batches (sft/rm batch 8, 4 rollouts per RL step).
+    for rank in (0, 1):
+        assert out.count(f"[rank {rank}/2] sft: 4 of 8 examples per step") == 1, out
+        assert out.count(f"[rank {rank}/2] rm: 4 of 8 pairs per step") == 1, out
+        assert out.count(f"[rank {rank}/2] rl (ppo): 2 of 4 rollouts per step") == 1, out
     # One line per stage, from rank 0 only.
     assert out.count("[smlearn] eval: ") == 1 and out.count("[smlearn] run finished") == 1
 
@@ -121,6 +126,7 @@ def test_grpo_on_two_processes(runs):
     result = launch(["train", "rl", "--run", "grpo"], cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert result.stdout.count("[smlearn] train rl: algorithm grpo, steps 2") == 1, result.stdout
+    assert result.stdout.count("[rank 1/2] rl (grpo): 2 of 4 rollouts per step") == 1, result.stdout
     log = read_jsonl(grpo / "rl" / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2] and all("eval_accuracy" in r for r in log)
     assert (grpo / "rl" / "model" / "model.safetensors").exists()
