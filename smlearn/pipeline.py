@@ -35,8 +35,8 @@ def _locked(fn: Callable) -> Callable:
             kwargs["progress"] = False
         if holds_lock(run.root):       # a stage of `run`, which checked its inputs up front
             return fn(run, *args, **kwargs)
-        dist.init(run.config.model.device)
         dist.check_config(run.config)
+        dist.init(run.config.model.device)
         _check_local_data(run)
         with run_lock(run.root):
             return fn(run, *args, **kwargs)
@@ -209,8 +209,8 @@ def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides
     Under `accelerate launch` / torchrun every process runs this; see smlearn.dist for what each stage
     shares out. Rank 0 checks the inputs, holds the lock and writes; the others follow."""
     config = _config(config, overrides).validate()
+    dist.check_config(config)          # from the launcher's environment alone: before joining the group
     dist.init(config.model.device)
-    dist.check_config(config)
     progress = progress and dist.is_main()
 
     def open_run() -> Run:
