@@ -35,8 +35,8 @@ def _locked(fn: Callable) -> Callable:
             kwargs["progress"] = False
         if holds_lock(run.root):       # a stage of `run`, which checked its inputs up front
             return fn(run, *args, **kwargs)
-        dist.init(run.config.model.device)
         dist.check_config(run.config)
+        dist.init(run.config.model.device)
         _check_local_data(run)
         with run_lock(run.root):
             return fn(run, *args, **kwargs)
@@ -71,6 +71,11 @@ def _log(stage: str, summary: dict[str, Any]) -> None:
         print(f"[smlearn] {stage}: {items}", flush=True)
 
 
+def _say_batch_share(stage: str, batch: int, unit: str) -> None:
+    """A training stage's share, with several processes: `[rank 1/2] sft: 4 of 8 examples per step`."""
+    dist.say_share(stage, batch // dist.world_size(), batch, f"{unit} per step")
+
+
 @_locked
 def generate(run, progress: bool = True) -> dict:
     from .generate.rationales import generate as _generate
@@ -91,6 +96,7 @@ def train_sft(run, progress: bool = True) -> dict:
 
     run = _as_run(run)
     run.require("collect", "train sft")
+    _say_batch_share("sft", run.config.sft.batch_size, "examples")
     return _train(run, progress)
 
 
@@ -102,6 +108,7 @@ def train_rm(run, progress: bool = True) -> dict:
     run.require("collect", "train rm")
     if run.config.rm.init == "sft":
         run.require("sft", "train rm")
+    _say_batch_share("rm", run.config.rm.batch_size, "pairs")
     return _train(run, progress)
 
 
@@ -112,6 +119,7 @@ def train_rl(run, progress: bool = True) -> dict:
     run = _as_run(run)
     run.require("sft", "train rl")
     run.require("rm", "train rl")
+    _say_batch_share(f"rl ({run.config.rl.algorithm})", run.config.rl.rollout_batch_size, "rollouts")
     return _train(run, progress)
 
 
@@ -201,8 +209,8 @@ def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides
     Under `accelerate launch` / torchrun every process runs this; see smlearn.dist for what each stage
     shares out. Rank 0 checks the inputs, holds the lock and writes; the others follow."""
     config = _config(config, overrides).validate()
+    dist.check_config(config)          # from the launcher's environment alone: before joining the group
     dist.init(config.model.device)
-    dist.check_config(config)
     progress = progress and dist.is_main()
 
     def open_run() -> Run:
