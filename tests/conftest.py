@@ -133,3 +133,17 @@ def cli_project(root: Path, tiny_base: Path) -> Path:
                                 "max_new_tokens": 12})
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root
+
+
+def value_model_like(policy, seed: int = 5):
+    """A value (or reward) model of the policy's shape: a fresh one-label sequence-classification Llama."""
+    import copy
+
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config)

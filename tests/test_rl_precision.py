@@ -15,12 +15,12 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaForSequenceClassification
 
 from smlearn.config import RunConfig
 from smlearn.models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama
 from smlearn.rundir import Run
 from smlearn.train.ppo import PPOConfig, PPOTrainer
+from conftest import value_model_like
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a banana and a papaya at the bazaar",
          "she sells sea shells by the sea shore", "Q: what is two plus three? A: five"] * 4
@@ -33,14 +33,6 @@ LR = 1e-6          # the order of a 7B config's RL learning rate: far below half
 @pytest.fixture(scope="module")
 def tok():
     return build_bpe_tokenizer(TEXTS, vocab_size=300)
-
-
-def _value_model(policy, seed: int = 7):
-    config = copy.deepcopy(policy.config)
-    config.num_labels = 1
-    config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(config)
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -62,7 +54,7 @@ def _reward(prompts, responses, idx, finished):
 def _ppo_fractions(tok, dtype: torch.dtype) -> tuple[float, float]:
     policy = build_tiny_llama(tok, SPEC, seed=1).to(dtype)
     ref = copy.deepcopy(policy)
-    value = _value_model(policy).to(dtype)
+    value = value_model_like(policy, seed=7).to(dtype)
     cfg = PPOConfig(steps=1, rollout_batch_size=4, num_generations=1, mini_batch_size=4, ppo_epochs=1,
                     learning_rate=LR, max_new_tokens=6, seed=0)
     trainer = PPOTrainer(cfg, policy, ref, value, tok, PROMPTS, _reward)
@@ -87,7 +79,7 @@ def test_a_bf16_ppo_step_changes_the_weights_as_in_fp32(tok):
 
 def test_a_bf16_ppo_trainer_keeps_fp32_master_weights_and_a_bf16_forward(tok):
     policy = build_tiny_llama(tok, SPEC, seed=1).to(torch.bfloat16)
-    value = _value_model(policy).to(torch.bfloat16)
+    value = value_model_like(policy, seed=7).to(torch.bfloat16)
     ref = copy.deepcopy(policy)
     cfg = PPOConfig(steps=1, rollout_batch_size=4, num_generations=1, mini_batch_size=4, max_new_tokens=4)
     trainer = PPOTrainer(cfg, policy, ref, value, tok, PROMPTS, _reward)
@@ -163,7 +155,7 @@ def test_rm_lora_score_head_trains_in_fp32_on_a_bf16_backbone(tmp_path, tok):
         True, LR, 8, 1.0, 64
     run = Run(tmp_path / "run", cfg)
     policy = build_tiny_llama(tok, SPEC, seed=1)
-    model = _value_model(policy).to(torch.bfloat16)        # as train_rm loads a LoRA backbone on a GPU
+    model = value_model_like(policy, seed=7).to(torch.bfloat16)        # as train_rm loads a LoRA backbone on a GPU
     model.config.pad_token_id = tok.pad_token_id
     trainer = build_rm_trainer(run, model, tok, _rm_rows(), progress=False)
     head = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad and "score" in n}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaForSequenceClassification
 
 from smlearn.config import CorrectionConfig, RLStageConfig, load_config
 from smlearn.data.schema import Example
@@ -21,6 +20,7 @@ from smlearn.models import TinyLlamaSpec, build_bpe_tokenizer, build_tiny_llama
 from smlearn.train.ppo import PPOConfig, PPOTrainer, response_values
 from smlearn.train.rl import CorrectedReward, standardise_value_head
 from smlearn.train.rl_trl import _LoggedReward, engine_rollout
+from conftest import value_model_like
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a banana and a papaya at the bazaar",
@@ -34,14 +34,6 @@ PROMPTS = ["the fox", "a banana", "Q: what is", "sea"]
 @pytest.fixture(scope="module")
 def tok():
     return build_bpe_tokenizer(TEXTS, vocab_size=300)
-
-
-def value_model_like(policy, seed: int = 5):
-    config = copy.deepcopy(policy.config)
-    config.num_labels = 1
-    config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(config)
 
 
 class FixedScorer:
