@@ -46,8 +46,8 @@ def per_seed_table(per_seed: dict[int, dict]) -> str:
     """Per seed: SML - SFT (arithmetic, all), RM held-out pairwise accuracy (per level pair), RM mean score
     high / mid / low on held-out and on all scored completions, RL's held-out greedy accuracy first -> last."""
     lines = ["| seed | SML − SFT arithmetic | SML − SFT all | RM held-out accuracy (pairs; 2>0, 2>1, 1>0) | "
-             "RM mean high / mid / low, held-out | same, all | RL held-out greedy |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "RM held-out by task (pairs) | RM mean high / mid / low, held-out | same, all | RL held-out greedy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, m in per_seed.items():
         acc = m["accuracy"]
         delta = {t: acc["rl"][t]["accuracy"] - acc["sft"][t]["accuracy"] for t in ("arithmetic", "all")}
@@ -55,6 +55,8 @@ def per_seed_table(per_seed: dict[int, dict]) -> str:
         by = rm.get("heldout_accuracy_by_levels") or {}
         pairs = ", ".join(f"{by[k]['accuracy']:.2f}" if k in by and by[k]["accuracy"] is not None else "n/a"
                           for k in ("2>0", "2>1", "1>0"))
+        by_task = rm.get("heldout_accuracy_by_task") or {}
+        tasks = ", ".join(f"{t} {v['accuracy']:.2f} ({v['n']})" for t, v in by_task.items()) or "n/a"
         held = rm.get("heldout_accuracy")
         n_held = rm.get("heldout_pairs")
         rl = m.get("rl") or {}
@@ -62,9 +64,9 @@ def per_seed_table(per_seed: dict[int, dict]) -> str:
         first = (rl.get("initial_eval_accuracy") or {}).get("first")
         greedy = f"{first:.3f} → {ev['last']:.3f}" if first is not None and ev else "n/a"
         lines.append(f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | "
-                     f"{held:.3f} ({n_held}; {pairs}) | {_level_means(rm.get('heldout_levels'))} | "
+                     f"{held:.3f} ({n_held}; {pairs}) | {tasks} | {_level_means(rm.get('heldout_levels'))} | "
                      f"{_level_means(rm.get('levels'))} | {greedy} |" if held is not None else
-                     f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | n/a | n/a | n/a | {greedy} |")
+                     f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | n/a | n/a | n/a | n/a | {greedy} |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import pytest
 from smlearn.config import DataConfig, RunConfig
 from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
-from smlearn.lab.analysis import analyze, write_metrics
+from smlearn.lab.analysis import analyze, heldout_accuracy_by_task, write_metrics
 from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, report_section, write_lab_report
 from smlearn.lab.stats import rankdata, roc_auc, spearman
 from smlearn.prompts import answer_sentence, completion_text
@@ -399,3 +399,25 @@ def test_oracle_is_redone_when_its_config_changes(tmp_path, monkeypatch):
     assert default._oracle(changed, False)["accuracy"] == 0.5                              # redone, not reused
     assert calls[2:] == [("train", 0.5), ("eval", "oracle")]
     assert read_json(changed.path("oracle", "model", "marker.json")) == {"lr": 0.5}
+
+
+def test_rm_heldout_accuracy_by_task(tmp_path):
+    """Per task, held-out pairs only, scored by rationale id from rm/scores.jsonl: a task the RM cannot rank
+    shows up on its own instead of dragging the overall figure down unseen."""
+    run = Run(tmp_path, RunConfig())
+    write_jsonl(run.path("pairs.jsonl"), [
+        {"question_id": "coins-train-1", "chosen_id": "c1", "rejected_id": "r1", "split": "heldout"},
+        {"question_id": "coins-train-1", "chosen_id": "c1", "rejected_id": "r2", "split": "heldout"},
+        {"question_id": "arithmetic-train-2", "chosen_id": "c2", "rejected_id": "r3", "split": "heldout"},
+        {"question_id": "arithmetic-train-3", "chosen_id": "c3", "rejected_id": "r4", "split": "train"}])
+    write_jsonl(run.path("rm", "scores.jsonl"), [
+        {"question_id": "coins-train-1", "split": "heldout", "level": 2, "score": 0.5, "rationale_ids": ["c1"]},
+        {"question_id": "coins-train-1", "split": "heldout", "level": 0, "score": 1.0, "rationale_ids": ["r1"]},
+        {"question_id": "coins-train-1", "split": "heldout", "level": 0, "score": 0.0, "rationale_ids": ["r2"]},
+        {"question_id": "arithmetic-train-2", "split": "heldout", "level": 2, "score": 2.0, "rationale_ids": ["c2"]},
+        {"question_id": "arithmetic-train-2", "split": "heldout", "level": 1, "score": -1.0, "rationale_ids": ["r3"]},
+        {"question_id": "arithmetic-train-3", "split": "train", "level": 2, "score": -5.0, "rationale_ids": ["c3"]},
+        {"question_id": "arithmetic-train-3", "split": "train", "level": 0, "score": 5.0, "rationale_ids": ["r4"]}])
+    assert heldout_accuracy_by_task(run) == {"arithmetic": {"n": 1, "accuracy": 1.0},
+                                             "coins": {"n": 2, "accuracy": 0.5}}
+    assert heldout_accuracy_by_task(Run(tmp_path / "empty", RunConfig())) is None

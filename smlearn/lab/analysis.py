@@ -158,6 +158,23 @@ def _step_fraction(report) -> float:
     return report.n_valid / report.n_steps if report.n_steps else 0.0
 
 
+def heldout_accuracy_by_task(run) -> dict[str, dict] | None:
+    """The RM's held-out pairwise accuracy per task, from pairs.jsonl and rm/scores.jsonl (the RM stage's own
+    scores, by rationale id): one task whose pairs the RM cannot rank (e.g. coins on one seed) moves the overall
+    figure by its share of the held-out pairs."""
+    pairs_path, scores_path = run.path("pairs.jsonl"), run.path("rm", "scores.jsonl")
+    if not pairs_path.exists() or not scores_path.exists():
+        return None
+    score_of = {(row["split"], rid): row["score"] for row in read_jsonl(scores_path)
+                for rid in row.get("rationale_ids") or []}
+    wins: dict[str, list[bool]] = defaultdict(list)
+    for p in read_jsonl(pairs_path):
+        chosen, rejected = score_of.get(("heldout", p.get("chosen_id"))), score_of.get(("heldout", p.get("rejected_id")))
+        if p.get("split") == "heldout" and chosen is not None and rejected is not None:
+            wins[task_of(p["question_id"])].append(chosen > rejected)
+    return {task: {"n": len(w), "accuracy": sum(w) / len(w)} for task, w in sorted(wins.items())}
+
+
 def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> tuple[dict, dict]:
     """(metrics, plot data): RM levels/accuracy from rm/metrics.json, and RM score vs verifier validity."""
     trigger = run.config.prompts.trigger
@@ -171,6 +188,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
                            "heldout_accuracy_by_levels": rm.get("heldout_accuracy_by_levels"),
                            "heldout_levels": rm.get("heldout_levels"),
                            "levels": levels, "validity_by_level": {}, "vs_validity": None}
+    out["heldout_accuracy_by_task"] = heldout_accuracy_by_task(run)
     level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
     plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
 

@@ -91,6 +91,9 @@ def report_section(lab: dict) -> str:
     parts += ["### Reward model vs. the verifier", "",
               f"- held-out pairwise accuracy: {fmt(rm.get('heldout_accuracy'))} "
               f"({fmt(rm.get('heldout_pairs'))} pairs); train: {fmt(rm.get('train_accuracy'))}",
+              "- held-out pairwise accuracy by task: " + (", ".join(
+                  f"{task} {fmt(v['accuracy'])} ({v['n']} pairs)"
+                  for task, v in (rm.get("heldout_accuracy_by_task") or {}).items()) or "n/a"),
               f"- RM score over the training completions: mean {fmt(rm.get('score_mean'))}, "
               f"std {fmt(rm.get('score_std'))}", ""]
     levels = rm.get("levels") or {}
