@@ -1,36 +1,43 @@
-"""SmolLM2-135M-Instruct on four real benchmarks: base few-shot CoT vs SFT vs SML (a benchmark, not a test).
+"""SmolLM2-135M-Instruct on real benchmarks: base few-shot CoT vs SFT vs SML, over seeds, with 95 % CIs.
 
-    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --out runs/smollm2 [--tasks coin_flip multiarith] [key=value ...]
+    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --out runs/smollm2 --tasks coin_flip --seeds 0 1 2 [key=value ...]
+    python benchmarks/smollm2.py --out runs/smollm2 --summarize-only          # the tables, from the runs alone
 
-For each task it runs `configs/smollm2_<task>.yaml` through every stage into
-<out>/<task>/ (resumable: a stopped run continues where it stopped, finished
-stages are skipped), then writes <out>/smollm2.md and <out>/smollm2.json: test
-accuracy of base / SFT / SML with the test-set size, the collection statistics
-(rationales per level, yield of questions with a high-quality rationale, SFT
-examples, pairs), the reward model's held-out pairwise accuracy, and the wall
-time of every stage. Every number is read from the run directories
-(manifest.json, eval/metrics.json, rm/metrics.json), never typed in.
+For each task and seed it runs `configs/smollm2_<task>.yaml` through every stage into
+<out>/<task>/seed<N>/ (generate.seed, sft.seed, rm.seed and rl.seed set to N; resumable: a stopped run
+continues where it stopped, finished stages are skipped), then writes <out>/smollm2.md and
+<out>/smollm2.json:
 
-`key=value` overrides apply to every task (e.g. data.train_limit=32). Tasks
-may be run in several invocations with different sizes; `--summarize-only`
-then writes the table for every task folder found under <out>, from the
-artifacts alone (sizes and RL steps come from each run's manifest).
+- test accuracy of base / SFT / SML: mean over seeds with a 95 % CI (a two-level bootstrap over seeds and
+  test questions, `smlearn.evaluate.intervals`; with one seed, the Wilson interval), and per seed;
+- SML − SFT and SFT − base: the paired difference with its 95 % CI (the same questions, the same seeds);
+- the collection statistics (rationales per level, yield, SFT examples, pairs), the reward model's held-out
+  pairwise accuracy and its number of pairs, and the wall time of every stage.
+
+Every number is read from the run directories (manifest.json, eval/*/predictions.jsonl, rm/metrics.json),
+never typed in. `key=value` overrides apply to every task and seed (e.g. data.train_limit=200).
+
+The issue-sized experiment (>= 200 training questions, the full test split, 3 seeds, RL sized as in the lab:
+GRPO on the engine with thousands of rollouts) is a GPU job; see docs/smollm2.md, "At scale".
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 import smlearn
-from smlearn.io import read_json, write_json, write_text
+from smlearn.evaluate.intervals import bootstrap_difference, bootstrap_mean, wilson
+from smlearn.io import read_json, read_jsonl, write_json, write_text
 
 TASKS = {"coin_flip": "smollm2_coin_flip.yaml", "last_letter": "smollm2_last_letter.yaml",
          "multiarith": "smollm2_multiarith.yaml", "commonsense_qa": "smollm2_commonsense_qa.yaml"}
+STAGES = {"base": "base", "sft": "SFT", "rl": "SML"}
 TIMED_STAGES = ["generate", "collect", "sft", "rm", "rl", "eval"]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -41,8 +48,18 @@ def machine() -> str:
     return f"{device}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
 
 
-def summarize(run_dir: Path) -> dict:
-    """Everything the table needs, read from one finished run directory."""
+def seed_overrides(seed: int) -> list[str]:
+    return [f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}", f"rl.seed={seed}"]
+
+
+def correctness(run_dir: Path, stage: str) -> dict[str, float]:
+    """Question id -> 1.0 / 0.0 for one evaluated model of one run."""
+    return {str(r["id"]): float(bool(r["correct"]))
+            for r in read_jsonl(run_dir / "eval" / stage / "predictions.jsonl")}
+
+
+def summarize_seed(run_dir: Path) -> dict:
+    """Everything the tables need, read from one finished run directory."""
     manifest = read_json(run_dir / "manifest.json")
     accuracy = read_json(run_dir / "eval" / "metrics.json")
     rm = read_json(run_dir / "rm" / "metrics.json")
@@ -56,54 +73,105 @@ def summarize(run_dir: Path) -> dict:
         "rm_heldout_accuracy": rm["heldout_accuracy"],
         "rm_heldout_pairs": rm["heldout_pairs"],
         "rl_steps": manifest["rl"]["summary"].get("steps"),
+        "rl_rollouts": manifest["rl"]["summary"].get("rollouts"),
         "seconds": {**{s: manifest[s]["summary"].get("seconds") for s in TIMED_STAGES if s != "eval"},
                     "eval": sum(m.get("seconds", 0.0) for m in accuracy.values())},
     }
 
 
-def _acc(cell: dict) -> str:
-    return f"{cell['accuracy']:.3f} ({cell['correct']}/{cell['n']})"
+def summarize_task(task_dir: Path) -> dict | None:
+    """Per seed (every finished seed<N>/ folder) and across seeds: accuracy with CIs, paired differences."""
+    seeds = sorted(int(d.name[4:]) for d in task_dir.glob("seed*")
+                   if d.name[4:].isdigit() and (d / "eval" / "metrics.json").exists())
+    if not seeds:
+        return None
+    dirs = [task_dir / f"seed{s}" for s in seeds]
+    per_seed = {s: summarize_seed(d) for s, d in zip(seeds, dirs)}
+    vectors: dict[str, list[list[float]]] = {}
+    for stage in STAGES:
+        maps = [correctness(d, stage) for d in dirs]
+        ids = sorted(set.intersection(*(set(m) for m in maps)))
+        if any(len(m) != len(ids) for m in maps):
+            raise SystemExit(f"{task_dir}: the seeds were evaluated on different test questions ({stage})")
+        vectors[stage] = [[m[i] for i in ids] for m in maps]
+    accuracy = {}
+    for stage, v in vectors.items():
+        point, lo, hi = bootstrap_mean(v)
+        if len(v) == 1:
+            lo, hi = wilson(int(sum(v[0])), len(v[0]))
+        accuracy[stage] = {"mean": point, "ci95": [lo, hi], "n_questions": len(v[0]),
+                           "sd_over_seeds": statistics.stdev([sum(x) / len(x) for x in v]) if len(v) > 1 else None,
+                           "per_seed": [sum(x) / len(x) for x in v]}
+    differences = {}
+    for a, b in (("rl", "sft"), ("sft", "base"), ("rl", "base")):
+        point, lo, hi = bootstrap_difference(vectors[a], vectors[b])
+        differences[f"{a}-{b}"] = {"mean": point, "ci95": [lo, hi]}
+    return {"seeds": seeds, "accuracy": accuracy, "differences": differences, "per_seed": per_seed}
+
+
+def _ci(cell: dict) -> str:
+    lo, hi = cell["ci95"]
+    return f"{cell['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _signed_ci(cell: dict) -> str:
+    lo, hi = cell["ci95"]
+    return f"{cell['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| task | base | SFT | SML (RL) | train q | high / mid / low | yield | SFT ex. | pairs | RM held-out | RL steps |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | seeds | test q | base | SFT | SML | SML − SFT | SFT − base |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for task, r in results.items():
-        a, c = r["accuracy"], r["collect"]
-        lines.append(f"| {task} | {_acc(a['base'])} | {_acc(a['sft'])} | {_acc(a['rl'])} | {r['train_questions']} | "
-                     f"{c['high']} / {c['mid']} / {c['low']} | {c['yield_per_question']:.3f} | {c['sft_examples']} | "
-                     f"{c['pairs']} | {r['rm_heldout_accuracy']:.3f} (n={r['rm_heldout_pairs']}) | {r['rl_steps']} |")
-    lines += ["", "| task | " + " | ".join(TIMED_STAGES) + " | total |", "| --- |" + " --- |" * (len(TIMED_STAGES) + 1)]
+        a, d = r["accuracy"], r["differences"]
+        lines.append(f"| {task} | {len(r['seeds'])} | {a['base']['n_questions']} | {_ci(a['base'])} | "
+                     f"{_ci(a['sft'])} | {_ci(a['rl'])} | {_signed_ci(d['rl-sft'])} | {_signed_ci(d['sft-base'])} |")
+    lines += ["", "| task | seed | base | SFT | SML | train q | high / mid / low | yield | SFT ex. | pairs | "
+              "RM held-out (pairs) | RL steps (rollouts) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for task, r in results.items():
-        secs = [r["seconds"][s] or 0.0 for s in TIMED_STAGES]
-        lines.append(f"| {task} | " + " | ".join(f"{s:.0f} s" for s in secs) + f" | {sum(secs):.0f} s |")
+        for seed, s in r["per_seed"].items():
+            a, c = s["accuracy"], s["collect"]
+            cells = [f"{a[k]['correct']}/{a[k]['n']}" for k in STAGES]
+            rm = s["rm_heldout_accuracy"]
+            lines.append(f"| {task} | {seed} | " + " | ".join(cells) + f" | {s['train_questions']} | "
+                         f"{c['high']} / {c['mid']} / {c['low']} | {c['yield_per_question']:.3f} | "
+                         f"{c['sft_examples']} | {c['pairs']} | "
+                         f"{'n/a' if rm is None else f'{rm:.3f}'} ({s['rm_heldout_pairs']}) | "
+                         f"{s['rl_steps']} ({s['rl_rollouts']}) |")
+    lines += ["", "| task | seed | " + " | ".join(TIMED_STAGES) + " | total |",
+              "| --- | --- |" + " --- |" * (len(TIMED_STAGES) + 1)]
+    for task, r in results.items():
+        for seed, s in r["per_seed"].items():
+            secs = [s["seconds"][k] or 0.0 for k in TIMED_STAGES]
+            lines.append(f"| {task} | {seed} | " + " | ".join(f"{x:.0f} s" for x in secs) + f" | {sum(secs):.0f} s |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default="runs/smollm2")
     p.add_argument("--force", action="store_true", help="redo stages whose config changed (smlearn run --force)")
     p.add_argument("--summarize-only", action="store_true",
-                   help="run nothing: tabulate every finished task folder under --out")
-    p.add_argument("overrides", nargs="*", help="config overrides for every task, key=value")
+                   help="run nothing: tabulate every finished <task>/seed<N> folder under --out")
+    p.add_argument("overrides", nargs="*", help="config overrides for every task and seed, key=value")
     args = p.parse_args()
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    results = {}
-    for task in args.tasks:
-        if args.summarize_only:
-            if (Path(args.out) / task / "eval" / "metrics.json").exists():
-                results[task] = summarize(Path(args.out) / task)
-            continue
-        t0 = time.time()
-        run_dir = Path(args.out) / task
-        smlearn.run(CONFIGS / TASKS[task], run_dir, overrides=args.overrides, force=args.force)
-        results[task] = summarize(run_dir)
-        print(f"[smollm2] {task} finished in {time.time() - t0:.0f} s", flush=True)
+    if not args.summarize_only:
+        for task in args.tasks:
+            for seed in args.seeds:
+                t0 = time.time()
+                smlearn.run(CONFIGS / TASKS[task], Path(args.out) / task / f"seed{seed}",
+                            overrides=[*seed_overrides(seed), *args.overrides], force=args.force)
+                print(f"[smollm2] {task} seed {seed} finished in {time.time() - t0:.0f} s", flush=True)
+    results = {task: r for task in args.tasks if (r := summarize_task(Path(args.out) / task)) is not None}
     overrides = "(see each run's config.yaml)" if args.summarize_only else " ".join(args.overrides) or "(none)"
-    md = f"Machine: {machine()}. Overrides: {overrides}.\n\n{table(results)}\n"
+    md = (f"Machine: {machine()}. Overrides: {overrides}. Accuracy: mean over seeds [95 % CI: bootstrap over "
+          f"seeds and test questions; Wilson for one seed]; differences paired by seed and question.\n\n"
+          f"{table(results)}\n")
     write_text(Path(args.out) / "smollm2.md", md)
     write_json(Path(args.out) / "smollm2.json", {"machine": machine(), "overrides": args.overrides,
                                                   "results": results})

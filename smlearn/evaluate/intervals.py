@@ -1,0 +1,68 @@
+"""95 % confidence intervals for test accuracy and for the difference between two models.
+
+- `wilson`: one model, one run: the Wilson score interval of `correct` out of `n` (better than the normal
+  approximation near 0 and 1 and for small n, which is where our real-model numbers live).
+- `bootstrap_mean` / `bootstrap_difference`: several seeds on one test set. Each seed's per-question
+  correctness is a 0/1 vector over the same questions; the statistic is the mean over seeds of the accuracy
+  (or of model A minus model B). A two-level bootstrap resamples seeds, then questions (the same questions
+  for every seed and both models: the comparison stays paired), so the interval covers both the test-set
+  sample and the seed-to-seed spread. With 3 seeds the seed level is coarse; the per-seed values are
+  reported beside it.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+Z95 = 1.959963984540054
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
+
+
+def _check(per_seed: Sequence[Sequence[float]]) -> int:
+    if not per_seed:
+        raise ValueError("no seeds")
+    n = len(per_seed[0])
+    if n == 0 or any(len(v) != n for v in per_seed):
+        raise ValueError("every seed needs a correctness value for the same, non-empty list of questions")
+    return n
+
+
+def _bootstrap(per_seed: Sequence[Sequence[float]], resamples: int, seed: int) -> tuple[float, float, float]:
+    n = _check(per_seed)
+    k = len(per_seed)
+    point = sum(sum(v) / n for v in per_seed) / k
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(resamples):
+        seeds = [per_seed[rng.randrange(k)] for _ in range(k)]
+        questions = [rng.randrange(n) for _ in range(n)]
+        stats.append(sum(sum(v[q] for q in questions) / n for v in seeds) / k)
+    stats.sort()
+    lo = stats[int(0.025 * (resamples - 1))]
+    hi = stats[int(math.ceil(0.975 * (resamples - 1)))]
+    return point, lo, hi
+
+
+def bootstrap_mean(per_seed: Sequence[Sequence[float]], resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(mean over seeds of the accuracy, 2.5 %, 97.5 %): `per_seed[s][q]` is 1.0 when seed s got question q."""
+    return _bootstrap(per_seed, resamples, seed)
+
+
+def bootstrap_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], resamples: int = 2000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """(mean over seeds of accuracy(a) - accuracy(b), 2.5 %, 97.5 %), paired by seed and question."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} seeds for one model and {len(b)} for the other")
+    return _bootstrap([[x - y for x, y in zip(va, vb, strict=True)] for va, vb in zip(a, b)], resamples, seed)
