@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --out runs/smollm2 --tasks coin_flip --seeds 0 1 2 [key=value ...]
     python benchmarks/smollm2.py --out runs/smollm2 --summarize-only          # the tables, from the runs alone
+    python benchmarks/smollm2.py --out runs/smollm2 --base-only data.test_limit=null   # the base model alone
 
 For each task and seed it runs `configs/smollm2_<task>.yaml` through every stage into
 <out>/<task>/seed<N>/ (generate.seed, sft.seed, rm.seed and rl.seed set to N; resumable: a stopped run
@@ -32,11 +33,15 @@ from pathlib import Path
 import torch
 
 import smlearn
+from smlearn import pipeline
+from smlearn.config import load_config
 from smlearn.evaluate.intervals import bootstrap_difference, bootstrap_mean, wilson
 from smlearn.io import read_json, read_jsonl, write_json, write_text
+from smlearn.rundir import Run
 
 TASKS = {"coin_flip": "smollm2_coin_flip.yaml", "last_letter": "smollm2_last_letter.yaml",
-         "multiarith": "smollm2_multiarith.yaml", "commonsense_qa": "smollm2_commonsense_qa.yaml"}
+         "multiarith": "smollm2_multiarith.yaml", "commonsense_qa": "smollm2_commonsense_qa.yaml",
+         "strategy_qa": "smollm2_strategy_qa.yaml"}
 STAGES = {"base": "base", "sft": "SFT", "rl": "SML"}
 TIMED_STAGES = ["generate", "collect", "sft", "rm", "rl", "eval"]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -109,6 +114,30 @@ def summarize_task(task_dir: Path) -> dict | None:
     return {"seeds": seeds, "accuracy": accuracy, "differences": differences, "per_seed": per_seed}
 
 
+def base_accuracy(task: str, out: Path, overrides: list[str]) -> dict:
+    """Few-shot CoT accuracy of the base model alone on the test split (no training): the first measurement
+    of a task, to pick tasks where the base model is not at zero. Into <out>/<task>/base/ (resumable)."""
+    run_dir = out / task / "base"
+    if not (run_dir / "eval" / "base" / "predictions.jsonl").exists():
+        config = load_config(CONFIGS / TASKS[task], [*overrides, "eval.stages=[base]"])
+        Run.create(run_dir, config)
+        pipeline.evaluate(run_dir, ["base"])
+    m = read_json(run_dir / "eval" / "metrics.json")["base"]
+    lo, hi = wilson(m["correct"], m["total"])
+    return {"accuracy": m["accuracy"], "correct": m["correct"], "n": m["total"], "ci95": [lo, hi],
+            "seconds": m.get("seconds")}
+
+
+def base_table(results: dict[str, dict]) -> str:
+    lines = ["| task | base few-shot CoT [95 % Wilson CI] | correct / test questions | seconds |",
+             "| --- | --- | --- | --- |"]
+    for task, r in results.items():
+        lo, hi = r["ci95"]
+        lines.append(f"| {task} | {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {r['correct']}/{r['n']} | "
+                     f"{r['seconds'] or 0:.0f} |")
+    return "\n".join(lines)
+
+
 def _ci(cell: dict) -> str:
     lo, hi = cell["ci95"]
     return f"{cell['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -156,10 +185,19 @@ def main() -> None:
     p.add_argument("--force", action="store_true", help="redo stages whose config changed (smlearn run --force)")
     p.add_argument("--summarize-only", action="store_true",
                    help="run nothing: tabulate every finished <task>/seed<N> folder under --out")
+    p.add_argument("--base-only", action="store_true",
+                   help="evaluate the base model alone on each task's test split, into <out>/<task>/base/")
     p.add_argument("overrides", nargs="*", help="config overrides for every task and seed, key=value")
     args = p.parse_args()
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.base_only:
+        base = {task: base_accuracy(task, Path(args.out), args.overrides) for task in args.tasks}
+        md = f"Machine: {machine()}. Overrides: {' '.join(args.overrides) or '(none)'}.\n\n{base_table(base)}\n"
+        write_text(Path(args.out) / "base.md", md)
+        write_json(Path(args.out) / "base.json", {"machine": machine(), "overrides": args.overrides, "results": base})
+        print(md)
+        return
     if not args.summarize_only:
         for task in args.tasks:
             for seed in args.seeds:
