@@ -1,8 +1,8 @@
 """SmolLM2-135M-Instruct on real benchmarks: base few-shot CoT vs SFT vs SML, over seeds, with 95 % CIs.
 
-    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --out runs/smollm2 --tasks coin_flip --seeds 0 1 2 [key=value ...]
+    OMP_NUM_THREADS=1 python benchmarks/smollm2.py [key=value ...] --out runs/smollm2 --tasks coin_flip --seeds 0 1 2
     python benchmarks/smollm2.py --out runs/smollm2 --summarize-only          # the tables, from the runs alone
-    python benchmarks/smollm2.py --out runs/smollm2 --base-only data.test_limit=null   # the base model alone
+    python benchmarks/smollm2.py data.test_limit=null --base-only --out runs/smollm2    # the base model alone
 
 For each task and seed it runs `configs/smollm2_<task>.yaml` through every stage into
 <out>/<task>/seed<N>/ (generate.seed, sft.seed, rm.seed and rl.seed set to N; resumable: a stopped run
