@@ -1,8 +1,10 @@
 """Typed run configuration: plain dataclasses, loaded from YAML, overridable by `key=value`.
 
 One section per stage, in the order data flows: model → data → prompts →
-generate → collect → sft → rm → rl → eval. Unknown keys and wrong types are
-errors naming the dotted field, so a typo never silently falls back to a default.
+generate → collect → sft → rm → rl → eval; `rounds` / `rounds_init` repeat the
+whole pipeline (smlearn.rounds), and `round` says which round a run directory is.
+Unknown keys and wrong types are errors naming the dotted field, so a typo never
+silently falls back to a default.
 """
 from __future__ import annotations
 
@@ -231,7 +233,23 @@ class LogConfig:
 
 
 @dataclass
+class RoundConfig:
+    """Which round of a multi-round run this run directory is (smlearn.rounds writes it into round-k/config.yaml,
+    whose `rounds` is 1: the directory holds one round; not a setting to write by hand). Empty (its defaults) in
+    round 1 and in a one-round run: there the base model (`model.name_or_path`) generates, judges and is trained.
+    The paths are where the models are; the fingerprints say which training made them, and only they enter the
+    stage fingerprints (rundir.fingerprint)."""
+    index: int = 1                    # k: this directory is round k
+    generator: str = ""               # the model that writes and judges the rationales: round k-1's final model
+    generator_fingerprint: str = ""
+    init: str = ""                    # the model SFT (and rm.init=base) starts from: "" the base model, or round k-1's
+    init_fingerprint: str = ""        # final model (rounds_init: previous)
+
+
+@dataclass
 class RunConfig:
+    rounds: int = 1                   # times the whole pipeline runs; round k >= 2 generates with round k-1's model
+    rounds_init: str = "base"         # where each round's training starts: base (STaR) or previous (round k-1's model)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -242,6 +260,7 @@ class RunConfig:
     rl: RLStageConfig = field(default_factory=RLStageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    round: RoundConfig = field(default_factory=RoundConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,6 +272,12 @@ class RunConfig:
             raise ConfigError("model.name_or_path: required (a hub id or a local folder)")
         if not self.data.source:
             raise ConfigError("data.source: required (a JSONL file, a folder, or a hub dataset id)")
+        if self.rounds_init not in ("base", "previous"):
+            raise ConfigError(f"rounds_init: '{self.rounds_init}' is not one of base, previous")
+        if bool(self.round.generator) != bool(self.round.generator_fingerprint):
+            raise ConfigError("round.generator, round.generator_fingerprint: set together (by smlearn.rounds)")
+        if bool(self.round.init) != bool(self.round.init_fingerprint):
+            raise ConfigError("round.init, round.init_fingerprint: set together (by smlearn.rounds)")
         if self.model.engine not in ("auto", "fast", "hf"):
             raise ConfigError(f"model.engine: '{self.model.engine}' is not one of auto, fast, hf")
         if self.model.dtype not in _DTYPES:
@@ -272,11 +297,11 @@ class RunConfig:
         for s in self.eval.stages:
             if s not in ("base", "sft", "rl"):
                 raise ConfigError(f"eval.stages: '{s}' is not one of base, sft, rl")
-        _at_least(self, 1, "data.train_limit", "data.test_limit", "generate.max_new_tokens", "generate.batch_size",
-                  "collect.max_sft_per_question", "collect.max_pairs_per_question", "collect.answer_max_new_tokens",
-                  "collect.batch_size", "sft.batch_size", "sft.grad_accum", "sft.max_length", "sft.lora.r",
-                  "rm.batch_size", "rm.grad_accum", "rm.max_length", "rm.lora.r", "eval.max_new_tokens",
-                  "eval.batch_size")
+        _at_least(self, 1, "rounds", "round.index", "data.train_limit", "data.test_limit",
+                  "generate.max_new_tokens", "generate.batch_size", "collect.max_sft_per_question",
+                  "collect.max_pairs_per_question", "collect.answer_max_new_tokens", "collect.batch_size",
+                  "sft.batch_size", "sft.grad_accum", "sft.max_length", "sft.lora.r", "rm.batch_size",
+                  "rm.grad_accum", "rm.max_length", "rm.lora.r", "eval.max_new_tokens", "eval.batch_size")
         _at_least(self, 0, "prompts.n_shots", "generate.samples_gold", "generate.samples_wrong",
                   "generate.samples_free", "generate.max_wrong_candidates", "generate.temperature",
                   "sft.warmup_ratio", "sft.weight_decay", "sft.lora.dropout", "rm.lora.dropout")

@@ -206,14 +206,20 @@ def run(config: RunConfig | str | Path | dict | None, out: str | Path, overrides
         force: bool = False, progress: bool = True, until: str | None = None) -> Run:
     """Run every stage in order into `out`; finished stages with the same config are skipped.
 
+    With `rounds: N` > 1, N rounds into out/round-k/ (smlearn.rounds); the last round's run is returned.
     Under `accelerate launch` / torchrun every process runs this; see smlearn.dist for what each stage
     shares out. Rank 0 checks the inputs, holds the lock and writes; the others follow."""
+    from .rounds import check_layout, run_rounds
+
     config = _config(config, overrides).validate()
+    if config.rounds > 1:
+        return run_rounds(config, out, force=force, progress=progress, until=until)
     dist.check_config(config)          # from the launcher's environment alone: before joining the group
     dist.init(config.model.device)
     progress = progress and dist.is_main()
 
     def open_run() -> Run:
+        check_layout(out, config.rounds)
         preflight(config)
         return Run.create(out, config, force=force)
 

@@ -11,12 +11,16 @@ Layout (open formats only):
     eval/<stage>/predictions.jsonl, metrics.json                  stage eval
     report.md                                                     stage report
 
+A run of `rounds: N` > 1 (smlearn.rounds) holds one such directory per round,
+round-1/ ... round-N/, beside its config.yaml, rounds.json and report.md.
+
 A stage's fingerprint hashes the config sections it and every earlier stage
-depend on. Re-running a finished stage with the same fingerprint is a no-op;
-with a different one it is refused (the artifacts on disk were made with other
-settings) unless the user asks to redo it with `force`. The same holds for the
-content of the input files a stage reads (the data split files and an exemplar
-file, see `input_digest`): a dataset edited in place is never silently reused.
+depend on (and, in round k >= 2, the models it starts from). Re-running a
+finished stage with the same fingerprint is a no-op; with a different one it
+is refused (the artifacts on disk were made with other settings) unless the
+user asks to redo it with `force`. The same holds for the content of the input
+files a stage reads (the data split files and an exemplar file, see
+`input_digest`): a dataset edited in place is never silently reused.
 """
 from __future__ import annotations
 
@@ -66,11 +70,29 @@ def stage_sections(stage: str) -> list[str]:
     return sections
 
 
-def fingerprint(config: RunConfig, stage: str, sections: list[str] | None = None) -> str:
-    """Hash of the config sections `stage` depends on (or of `sections`, for work outside STAGES)."""
+# Stage → the `round` field (smlearn.rounds, round k >= 2) naming the model it starts from, when not the base
+# model: generate (and so every later stage) depends on the generator, sft (and later) on the init model. Only
+# a set field enters a fingerprint, so a one-round run keeps the fingerprints it had before rounds existed;
+# the model's path never does (a moved run directory is the same run).
+_ROUND_FIELDS = {"generate": "generator_fingerprint", "sft": "init_fingerprint"}
+
+
+def fingerprint_view(config: RunConfig, stage: str, sections: list[str] | None = None) -> dict[str, Any]:
+    """What `fingerprint` hashes: the config sections `stage` depends on (or `sections`, for work outside
+    STAGES), less the neutral fields, and the round fields of the models it depends on, if set."""
     data = asdict(config)
-    relevant = {s: _strip_neutral(data[s]) for s in (sections or stage_sections(stage))}
-    blob = json.dumps(relevant, sort_keys=True)
+    view = {s: _strip_neutral(data[s]) for s in (sections or stage_sections(stage))}
+    if sections is None:
+        models = {f: data["round"][f] for s in STAGES[: STAGES.index(stage) + 1]
+                  if (f := _ROUND_FIELDS.get(s)) and data["round"][f]}
+        if models:
+            view["round"] = models
+    return view
+
+
+def fingerprint(config: RunConfig, stage: str, sections: list[str] | None = None) -> str:
+    """Hash of the config `stage` depends on (fingerprint_view)."""
+    blob = json.dumps(fingerprint_view(config, stage, sections), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -175,8 +197,7 @@ class Run:
                     continue
                 if manifest[stage]["fingerprint"] != fingerprint(config, stage):
                     if not force:
-                        changes = _diff({s: asdict(old)[s] for s in stage_sections(stage)},
-                                        {s: asdict(config)[s] for s in stage_sections(stage)})
+                        changes = _diff(fingerprint_view(old, stage), fingerprint_view(config, stage))
                         raise RunDirError(
                             f"{root}: stage '{stage}' was run with a different config "
                             f"({'; '.join(changes[:3]) or 'settings changed'}); use a new --out, "
@@ -210,6 +231,9 @@ class Run:
             config.validate()
         except ConfigError as e:
             raise ConfigError(f"{root / 'config.yaml'}: {e}") from None
+        if config.rounds > 1:
+            raise RunDirError(f"{root}: a run of {config.rounds} rounds, each its own run directory; name one, "
+                              f"e.g. --run {root / 'round-1'}")
         return cls(root, config)
 
     # -- manifest -------------------------------------------------------------

@@ -21,14 +21,40 @@ def examples(run: Run, split: str) -> list[Example]:
     return load_split(run.config.data, split)
 
 
+# The models a stage starts from, beside rundir.MODELS: `generator` writes and judges the rationales, `init` is
+# where SFT (and rm.init=base) starts. Both are the base model, except in round k >= 2 of a multi-round run
+# (smlearn.rounds), where `round.generator` / `round.init` name round k-1's final model.
+ROUND_MODELS = ("generator", "init")
+
+
 def model_path(run: Run, which: str) -> str:
-    """`base` → the configured model; `sft` / `rl` / `oracle` → the run's trained model folder."""
+    """`base` → the configured model; `generator` / `init` → see ROUND_MODELS; `sft` / `rl` / `oracle` → the
+    run's trained model folder."""
+    if which in ROUND_MODELS:
+        path = getattr(run.config.round, which)
+        if not path:
+            return _base_path(run)
+        if not Path(path).exists():
+            raise SmlearnError(f"round.{which}: {path}: the previous round's model is not there (moved or deleted?)")
+        return path
     if which == "base":
         return _base_path(run)
     path = run.path(MODEL_DIRS[which])
     if not path.exists():
         raise SmlearnError(f"{path}: no {which} model in this run yet")
     return str(path)
+
+
+def is_base(run: Run, which: str) -> bool:
+    """Whether the model `which` is the configured base model (its revision applies)."""
+    return which == "base" or (which in ROUND_MODELS and not getattr(run.config.round, which))
+
+
+def round_models(run: Run, which: str) -> dict[str, str]:
+    """For a stage's summary (so its manifest entry records it): the round model `which` it started from and
+    its fingerprint, when that is not the base model; {} otherwise."""
+    path = getattr(run.config.round, which)
+    return {which: path, f"{which}_fingerprint": getattr(run.config.round, f"{which}_fingerprint")} if path else {}
 
 
 def _base_path(run: Run) -> str:
@@ -44,7 +70,7 @@ def load_model(run: Run, which: str = "base"):
     cfg = run.config.model
     path = model_path(run, which)
     trust = cfg.trust_remote_code
-    revision = cfg.revision if which == "base" and not cfg.gguf_file else None
+    revision = cfg.revision if is_base(run, which) and not cfg.gguf_file else None
     tokenizer = load_tokenizer(path, trust_remote_code=trust, revision=revision)
     model = load_causal_lm(path, dtype=cfg.dtype, device=cfg.device, trust_remote_code=trust, revision=revision)
     model.eval()

@@ -45,7 +45,7 @@ def collect(run: Run, progress: bool = True) -> dict:
     items = stage_io.examples(run, "train")
     by_id = {e.id: e for e in items}
     rationales = read_jsonl(run.path("rationales.jsonl"))
-    model, tokenizer = stage_io.load_model(run, "base")
+    model, tokenizer = stage_io.load_model(run, "generator")     # the model that wrote the rationales
     builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
 
     # Chunks follow rationales.jsonl's order, so a resumed run cuts the same chunks. Each chunk is one
@@ -80,6 +80,7 @@ def collect(run: Run, progress: bool = True) -> dict:
     write_json(run.path("collect_stats.json"), stats)
     summary = {"rationales": len(judged), **stats["levels"], "hint_leak": stats["hint_leak"]["count"],
                "sft_examples": len(sft), "pairs": len(pairs),
-               "yield_per_question": round(stats["yield_per_question"], 4), "seconds": round(time.time() - t0, 1)}
+               "yield_per_question": round(stats["yield_per_question"], 4), "seconds": round(time.time() - t0, 1),
+               **stage_io.round_models(run, "generator")}
     run.mark_done("collect", summary)
     return summary

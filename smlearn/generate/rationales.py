@@ -98,7 +98,7 @@ def generate(run: Run, progress: bool = True) -> dict:
     t0 = time.time()
     items = stage_io.examples(run, "train")
     by_id = {e.id: e for e in items}
-    model, tokenizer = stage_io.load_model(run, "base")
+    model, tokenizer = stage_io.load_model(run, "generator")     # the base model, or round k-1's (smlearn.rounds)
     builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                             top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS))
@@ -132,6 +132,6 @@ def generate(run: Run, progress: bool = True) -> dict:
     bar.close()
     rows = writer.finish()
     summary = {"questions": len(items), "rationales": len(rows), "free": n_free, "hinted": n_hinted,
-               "seconds": round(time.time() - t0, 1)}
+               "seconds": round(time.time() - t0, 1), **stage_io.round_models(run, "generator")}
     run.mark_done("generate", summary)
     return summary

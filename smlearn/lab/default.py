@@ -330,6 +330,8 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
     """The default job: lab data and base model (cached), SML pipeline, oracle, lab analysis.
 
     `until`: stop after that pipeline stage (`smlearn run --until`); the oracle and the analysis need all of them.
+    `rounds=N` (an override): N rounds into out/round-k/ (smlearn.rounds); the oracle and the lab analysis
+    are those of the last round (its report.md; out/report.md is the table of rounds).
     """
     from .. import pipeline
     t0 = time.time()
@@ -350,7 +352,7 @@ def run_lab(out: str | Path = "runs/lab", overrides: list[str] | None = None, fo
                                  "stages_seconds": {s: run.summary(s).get("seconds") for s in STAGES}}
         write_metrics(run, lab_metrics)
         write_lab_report(run, lab_metrics)
-    print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {Path(out) / 'report.md'}")
+    print(f"[smlearn] lab finished in {time.time() - t0:.0f} s: {run.root / 'report.md'}")
     return run
 
 

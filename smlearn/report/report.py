@@ -1,4 +1,5 @@
-"""Stage 7, report — `report.md` from the run's artifacts (numbers read from them, never typed in)."""
+"""Stage 7, report — `report.md` from the run's artifacts (numbers read from them, never typed in); and the
+report of a run of several rounds (`rounds_report`: one row per round, from smlearn.rounds' rounds.json)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,7 +71,13 @@ def rl_section(log: list[dict]) -> list[str]:
 
 def report(run: Run) -> Path:
     parts = [f"# smlearn report: {run.root.name}", "",
-             f"- model: `{run.config.model.name_or_path}`", f"- data: `{run.config.data.source}`", ""]
+             f"- model: `{run.config.model.name_or_path}`", f"- data: `{run.config.data.source}`"]
+    r = run.config.round
+    if r.generator:
+        parts += [f"- round {r.index}: rationales generated and judged by `{r.generator}` "
+                  f"(fingerprint {r.generator_fingerprint}); SFT starts from "
+                  f"{f'`{r.init}`' if r.init else 'the base model'}"]
+    parts += [""]
     metrics = _maybe_json(run.path("eval", "metrics.json"))
     parts += ["## Test accuracy (greedy chain of thought)", ""]
     parts += accuracy_table(metrics) if metrics else ["(not evaluated yet)"]
@@ -84,4 +91,35 @@ def report(run: Run) -> Path:
     path = run.path("report.md")
     write_text(path, "\n".join(parts) + "\n")
     run.mark_done("report", {"path": str(path)})
+    return path
+
+
+def _cell(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+_SHORT = {"base": "base", "sft": "SFT", "rl": "SML"}
+
+
+def rounds_report(out: Path, summary: dict) -> Path:
+    """<out>/report.md of a run of several rounds: per round, the models it started from, the rationale yield,
+    the RM's held-out pairwise accuracy and each model's test accuracy ("—": not there yet)."""
+    rows = summary["per_round"]
+    models = [m for m in ("base", "sft", "rl") if any(m in r["accuracy"] for r in rows)]
+    lines = [f"# smlearn report: {out.name} ({summary['rounds']} rounds, rounds_init: {summary['rounds_init']})", "",
+             f"- model: `{summary['model']}`", "- each round's rationales are generated and judged by the model in "
+             "its *rationales by* column; its training starts from the one in *training from*", "",
+             "| round | rationales by | training from | yield | SFT examples | pairs | RM held-out accuracy | "
+             + " | ".join(f"{_SHORT[m]} test accuracy" for m in models) + " |",
+             "| --- " * (7 + len(models)) + "|"]
+    for r in rows:
+        cells = [r["round"], f"`{r['generator']}`", f"`{r['init']}`", _cell(r["yield_per_question"]),
+                 _cell(r["sft_examples"]), _cell(r["pairs"]), _cell(r["rm_heldout_accuracy"]),
+                 *(_cell(r["accuracy"].get(m)) for m in models)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", "Each round's own report: " + ", ".join(f"[round {r['round']}]({r['dir']}/report.md)" for r in rows)]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
     return path

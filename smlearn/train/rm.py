@@ -3,7 +3,8 @@
 Input: `pairs.jsonl` rows {"question_id", "prompt", "chosen", "rejected",
 "chosen_level", "rejected_level", "split"}; "train" pairs train the model,
 "heldout" pairs (other questions) measure it. The backbone is the SFT model
-(`rm.init=sft`) or the base model (`rm.init=base`) with a new scalar head.
+(`rm.init=sft`) or the model SFT started from (`rm.init=base`: the base model,
+or with rounds_init=previous round k-1's model) with a new scalar head.
 
 Output: `rm/model/` (a plain `*ForSequenceClassification` model, LoRA merged),
 `rm/adapter/` (LoRA only), `rm/log.jsonl`, `rm/metrics.json` (pairwise
@@ -55,11 +56,14 @@ def load_pairs(run: Run) -> list[dict[str, Any]]:
 
 
 def backbone_path(run: Run) -> str:
-    init = run.config.rm.init
+    """rm.init: the run's SFT model, or `base`: the model SFT started from (stage_io's `init`: the base model,
+    or in round k >= 2 with rounds_init=previous, round k-1's model)."""
+    if run.config.rm.init == "base":
+        return stage_io.model_path(run, "init")
     try:
-        return stage_io.model_path(run, init)
+        return stage_io.model_path(run, "sft")
     except SmlearnError:
-        raise SmlearnError(f"rm.init={init}: this run has no {init} model yet; run smlearn train sft "
+        raise SmlearnError(f"rm.init=sft: this run has no sft model yet; run smlearn train sft "
                            f"--run {run.root} first, or set rm.init=base") from None
 
 
@@ -95,7 +99,8 @@ def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
     heldout_rows = [r for r in rows if r.get("split") == "heldout"]
 
     path = backbone_path(run)
-    revision = mcfg.revision if cfg.init == "base" and not mcfg.gguf_file else None
+    from_base = cfg.init == "base" and stage_io.is_base(run, "init")      # the configured model: its revision
+    revision = mcfg.revision if from_base and not mcfg.gguf_file else None
     device = resolve_device(mcfg.device)
     save_dtype = resolve_dtype(mcfg.dtype, device)
     # Full fine-tuning trains fp32 master weights; a LoRA backbone stays in the run's dtype.

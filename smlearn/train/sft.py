@@ -59,23 +59,26 @@ def build_sft_trainer(run: Run, model, tokenizer, rows: list[dict[str, Any]], pr
 
 
 def train_sft(run: Run, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune the base model on sft.jsonl; write sft/model and mark the stage done."""
+    """Fine-tune the base model (in round k >= 2 with rounds_init=previous, round k-1's model: stage_io's `init`)
+    on sft.jsonl; write sft/model and mark the stage done."""
     rows = load_sft_rows(run)
     run.invalidate_from("sft")   # the old SFT model (if any) and everything built on it are replaced
-    summary = fine_tune_base(run, rows, "sft", progress)
+    summary = {**fine_tune_base(run, rows, "sft", progress, start="init"), **stage_io.round_models(run, "init")}
     run.mark_done("sft", summary)
     return summary
 
 
-def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress: bool = True) -> dict[str, Any]:
-    """SFT of the base model on prompt/completion rows with the run's sft settings; saves <out_name>/model.
+def fine_tune_base(run: Run, rows: list[dict[str, Any]], out_name: str, progress: bool = True,
+                   start: str = "base") -> dict[str, Any]:
+    """SFT of the model `start` (stage_io.model_path; the base model by default) on prompt/completion rows with
+    the run's sft settings; saves <out_name>/model.
 
     The SFT stage uses it on the model's own high rationales; the reasoning lab's
     oracle reference uses it on clean reference rationales.
     """
     t0 = time.time()
     cfg = run.config.sft
-    model, tokenizer = stage_io.load_model(run, "base")
+    model, tokenizer = stage_io.load_model(run, start)
     model, save_dtype = prepare_for_training(model, cfg.lora.enabled)
     model.train()
     trainer = build_sft_trainer(run, model, tokenizer, rows, progress, out_name)
