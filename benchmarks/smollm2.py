@@ -13,7 +13,9 @@ continues where it stopped, finished stages are skipped), then writes <out>/smol
   test questions, `smlearn.evaluate.intervals`; with one seed, the Wilson interval), and per seed;
 - SML − SFT and SFT − base: the paired difference with its 95 % CI (the same questions, the same seeds);
 - the collection statistics (rationales per level, yield, SFT examples, pairs), the reward model's held-out
-  pairwise accuracy and its number of pairs, and the wall time of every stage.
+  pairwise accuracy and its number of pairs, and the wall time of every stage;
+- with `rounds=2` (or more), one row per round: round k's rationales were written by round k-1's model
+  (smlearn.rounds), so "SML, round 2" against "SML, round 1" is what another round adds.
 
 Every number is read from the run directories (manifest.json, eval/*/predictions.jsonl, rm/metrics.json),
 never typed in. `key=value` overrides apply to every task and seed (e.g. data.train_limit=200).
@@ -84,21 +86,41 @@ def summarize_seed(run_dir: Path) -> dict:
     }
 
 
-def summarize_task(task_dir: Path) -> dict | None:
-    """Per seed (every finished seed<N>/ folder) and across seeds: accuracy with CIs, paired differences."""
-    seeds = sorted(int(d.name[4:]) for d in task_dir.glob("seed*")
-                   if d.name[4:].isdigit() and (d / "eval" / "metrics.json").exists())
-    if not seeds:
+def run_dirs(task_dir: Path, round_k: int | None = None) -> dict[int, Path]:
+    """Seed -> its finished run directory (of round `round_k` in a run of several rounds)."""
+    out = {}
+    for d in task_dir.glob("seed*"):
+        run_dir = d if round_k is None else d / f"round-{round_k}"
+        if d.name[4:].isdigit() and (run_dir / "eval" / "metrics.json").exists():
+            out[int(d.name[4:])] = run_dir
+    return dict(sorted(out.items()))
+
+
+def rounds_in(task_dir: Path) -> list[int]:
+    """The rounds finished by every seed of a task (runs with `rounds` > 1 keep one round-k/ folder each)."""
+    found = {int(p.name[6:]) for p in task_dir.glob("seed*/round-*") if p.name[6:].isdigit()}
+    seeds = len(list(task_dir.glob("seed*")))
+    return sorted(k for k in found if len(run_dirs(task_dir, k)) == seeds)
+
+
+def stage_vectors(dirs: list[Path], stage: str) -> list[list[float]]:
+    """Per run directory (seed), 1.0 / 0.0 per test question of one model, questions in one order."""
+    maps = [correctness(d, stage) for d in dirs]
+    ids = sorted(set.intersection(*(set(m) for m in maps)))
+    if any(len(m) != len(ids) for m in maps):
+        raise SystemExit(f"{dirs[0].parent.parent}: the seeds were evaluated on different test questions ({stage})")
+    return [[m[i] for i in ids] for m in maps]
+
+
+def summarize_task(task_dir: Path, round_k: int | None = None) -> dict | None:
+    """Per seed (every finished seed<N>/ folder, or its round-k/) and across seeds: accuracy with CIs, paired
+    differences."""
+    found = run_dirs(task_dir, round_k)
+    if not found:
         return None
-    dirs = [task_dir / f"seed{s}" for s in seeds]
+    seeds, dirs = list(found), list(found.values())
     per_seed = {s: summarize_seed(d) for s, d in zip(seeds, dirs)}
-    vectors: dict[str, list[list[float]]] = {}
-    for stage in STAGES:
-        maps = [correctness(d, stage) for d in dirs]
-        ids = sorted(set.intersection(*(set(m) for m in maps)))
-        if any(len(m) != len(ids) for m in maps):
-            raise SystemExit(f"{task_dir}: the seeds were evaluated on different test questions ({stage})")
-        vectors[stage] = [[m[i] for i in ids] for m in maps]
+    vectors = {stage: stage_vectors(dirs, stage) for stage in STAGES}
     accuracy = {}
     for stage, v in vectors.items():
         point, lo, hi = bootstrap_mean(v)
@@ -155,6 +177,10 @@ def table(results: dict[str, dict]) -> str:
         a, d = r["accuracy"], r["differences"]
         lines.append(f"| {task} | {len(r['seeds'])} | {a['base']['n_questions']} | {_ci(a['base'])} | "
                      f"{_ci(a['sft'])} | {_ci(a['rl'])} | {_signed_ci(d['rl-sft'])} | {_signed_ci(d['sft-base'])} |")
+    later = {task: r["differences"]["rl-rl_round1"] for task, r in results.items() if "rl-rl_round1" in r["differences"]}
+    if later:
+        lines += ["", "| task | SML of this round − SML of round 1 (paired, 95 % CI) |", "| --- | --- |"]
+        lines += [f"| {task} | {_signed_ci(d)} |" for task, d in later.items()]
     lines += ["", "| task | seed | base | SFT | SML | train q | high / mid / low | yield | SFT ex. | pairs | "
               "RM held-out (pairs) | RL steps (rollouts) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -205,7 +231,17 @@ def main() -> None:
                 smlearn.run(CONFIGS / TASKS[task], Path(args.out) / task / f"seed{seed}",
                             overrides=[*seed_overrides(seed), *args.overrides], force=args.force)
                 print(f"[smollm2] {task} seed {seed} finished in {time.time() - t0:.0f} s", flush=True)
-    results = {task: r for task in args.tasks if (r := summarize_task(Path(args.out) / task)) is not None}
+    results = {}
+    for task in args.tasks:
+        task_dir = Path(args.out) / task
+        rounds = rounds_in(task_dir)
+        for k in rounds or [None]:
+            if (r := summarize_task(task_dir, k)) is not None:
+                results[task if k is None else f"{task}, round {k}"] = r
+            if k is not None and k > 1:         # what round k adds: its SML model against round 1's, paired
+                point, lo, hi = bootstrap_difference(stage_vectors(list(run_dirs(task_dir, k).values()), "rl"),
+                                                     stage_vectors(list(run_dirs(task_dir, 1).values()), "rl"))
+                r["differences"]["rl-rl_round1"] = {"mean": point, "ci95": [lo, hi]}
     overrides = "(see each run's config.yaml)" if args.summarize_only else " ".join(args.overrides) or "(none)"
     md = (f"Machine: {machine()}. Overrides: {overrides}. Accuracy: mean over seeds [95 % CI: bootstrap over "
           f"seeds and test questions; Wilson for one seed]; differences paired by seed and question.\n\n"
