@@ -13,7 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-from smlearn.io import read_json, write_json, write_text
+from smlearn.evaluate.intervals import bootstrap_difference
+from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.default import run_lab
 
 STAGES = ["base", "sft", "rl", "oracle"]
@@ -42,10 +43,15 @@ def _level_means(levels: dict | None) -> str:
                       for k in ("2", "1", "0"))
 
 
+def _ci(found: dict | None) -> str:
+    """' [lo, hi]': the held-out accuracy's 95 % CI, questions resampled (lab_metrics' heldout_interval)."""
+    return f" [{found['ci'][0]:.2f}, {found['ci'][1]:.2f}]" if found else ""
+
+
 def per_seed_table(per_seed: dict[int, dict]) -> str:
     """Per seed: SML - SFT (arithmetic, all), RM held-out pairwise accuracy (per level pair), RM mean score
     high / mid / low on held-out and on all scored completions, RL's held-out greedy accuracy first -> last."""
-    lines = ["| seed | SML − SFT arithmetic | SML − SFT all | RM held-out accuracy (pairs; 2>0, 2>1, 1>0) | "
+    lines = ["| seed | SML − SFT arithmetic | SML − SFT all | RM held-out accuracy [95 % CI] (pairs; 2>0, 2>1, 1>0) | "
              "RM held-out by task (pairs) | RM mean high / mid / low, held-out | same, all | RL held-out greedy |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, m in per_seed.items():
@@ -64,7 +70,7 @@ def per_seed_table(per_seed: dict[int, dict]) -> str:
         first = (rl.get("initial_eval_accuracy") or {}).get("first")
         greedy = f"{first:.3f} → {ev['last']:.3f}" if first is not None and ev else "n/a"
         lines.append(f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | "
-                     f"{held:.3f} ({n_held}; {pairs}) | {tasks} | {_level_means(rm.get('heldout_levels'))} | "
+                     f"{held:.3f}{_ci(rm.get('heldout_interval'))} ({n_held}; {pairs}) | {tasks} | {_level_means(rm.get('heldout_levels'))} | "
                      f"{_level_means(rm.get('levels'))} | {greedy} |" if held is not None else
                      f"| {seed} | {delta['arithmetic']:+.2f} | {delta['all']:+.4f} | n/a | n/a | n/a | n/a | {greedy} |")
     return "\n".join(lines)
@@ -86,6 +92,35 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def _correct(run_dir: Path, model: str) -> dict[str, float] | None:
+    path = run_dir / "eval" / model / "predictions.jsonl"
+    return {r["id"]: float(bool(r["correct"])) for r in read_jsonl(path)} if path.exists() else None
+
+
+def difference_table(out: Path, seeds: list[int], tasks: list[str], a: str = "rl", b: str = "sft") -> str:
+    """SML − SFT per task and over all tasks, mean over seeds, with a 95 % CI from a two-level bootstrap
+    (seeds, then questions; paired: both models on the same questions of a seed)."""
+    cells = []
+    for task in tasks + ["all"]:
+        va, vb = [], []
+        for seed in seeds:
+            ca, cb = _correct(out / f"seed{seed}", a), _correct(out / f"seed{seed}", b)
+            if ca is None or cb is None:
+                return "(no per-question predictions: the paired CI is not computed)"
+            ids = sorted(i for i in ca if i in cb and (task == "all" or i.split("-")[0] == task))
+            va.append([ca[i] for i in ids])
+            vb.append([cb[i] for i in ids])
+        try:
+            point, lo, hi = bootstrap_difference(va, vb)
+        except ValueError:       # seeds with different numbers of test questions
+            cells.append("n/a")
+            continue
+        cells.append(f"{100 * point:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    return "\n".join(["| SML − SFT, points [95 % CI] | " + " | ".join(tasks + ["all"]) + " |",
+                      "| --- |" + " --- |" * (len(tasks) + 1), "| " + f"seeds {', '.join(map(str, seeds))} | "
+                      + " | ".join(cells) + " |"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -105,6 +140,7 @@ def main() -> None:
         seconds[seed] = round(time.time() - t0, 1)
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
           f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
+          f"{difference_table(Path(args.out), args.seeds, next(iter(per_seed.values()))['tasks'])}\n\n"
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
           f"per task and level:\n\n{step_fraction_table(per_seed)}\n")
     write_text(Path(args.out) / "seeds.md", md)

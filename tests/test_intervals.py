@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from smlearn.evaluate.intervals import bootstrap_difference, bootstrap_mean, wilson
+from smlearn.evaluate.intervals import bootstrap_difference, bootstrap_mean, cluster_bootstrap, wilson
 
 
 def test_wilson_known_values():
@@ -57,3 +57,26 @@ def test_bootstrap_refuses_mismatched_inputs():
         bootstrap_difference([[1.0]], [[1.0], [0.0]])
     with pytest.raises(ValueError):
         bootstrap_mean([])
+
+
+def test_cluster_bootstrap_is_wider_than_treating_clustered_items_as_independent():
+    # 16 questions with 5 pairs each, every pair of a question won or lost together: 80 items but only 16
+    # independent trials. The interval must be about as wide as 8/16's, not as 40/80's.
+    clusters = [[1.0] * 5 if q % 2 else [0.0] * 5 for q in range(16)]
+    point, lo, hi = cluster_bootstrap(clusters)
+    assert point == 0.5 and lo <= point <= hi
+    wlo, whi = wilson(40, 80)
+    qlo, qhi = wilson(8, 16)
+    assert hi - lo > (whi - wlo) * 1.3 and hi - lo == pytest.approx(qhi - qlo, abs=0.12)
+    # independent items: close to the binomial interval
+    rng = random.Random(3)
+    flat = [[float(rng.random() < 0.7)] for _ in range(200)]
+    p2, lo2, hi2 = cluster_bootstrap(flat)
+    blo, bhi = wilson(int(sum(c[0] for c in flat)), 200)
+    assert hi2 - lo2 == pytest.approx(bhi - blo, abs=0.03)
+    assert cluster_bootstrap(clusters) == cluster_bootstrap(clusters)            # seeded
+    assert cluster_bootstrap([[1.0, 1.0], [1.0]]) == (1.0, 1.0, 1.0)
+    # pooled over items, as the point estimate: a big cluster weighs by its size
+    assert cluster_bootstrap([[1.0] * 9, [0.0]])[0] == 0.9
+    with pytest.raises(ValueError):
+        cluster_bootstrap([[], []])

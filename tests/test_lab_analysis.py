@@ -10,7 +10,7 @@ import pytest
 from smlearn.config import DataConfig, RunConfig
 from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
-from smlearn.lab.analysis import analyze, heldout_accuracy_by_task, write_metrics
+from smlearn.lab.analysis import analyze, heldout_accuracy_by_task, heldout_accuracy_interval, write_metrics
 from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, report_section, write_lab_report
 from smlearn.lab.stats import rankdata, roc_auc, spearman
 from smlearn.prompts import answer_sentence, completion_text
@@ -421,3 +421,9 @@ def test_rm_heldout_accuracy_by_task(tmp_path):
     assert heldout_accuracy_by_task(run) == {"arithmetic": {"n": 1, "accuracy": 1.0},
                                              "coins": {"n": 2, "accuracy": 0.5}}
     assert heldout_accuracy_by_task(Run(tmp_path / "empty", RunConfig())) is None
+    # the overall figure with its CI: 2 of 3 held-out pairs, from 2 questions (the unit resampled)
+    found = heldout_accuracy_interval(run)
+    assert found["accuracy"] == pytest.approx(2 / 3) and found["pairs"] == 3 and found["questions"] == 2
+    lo, hi = found["ci"]
+    assert lo == pytest.approx(0.5) and hi == 1.0        # resamples: coins twice 1/2, arithmetic twice 1, mixed 2/3
+    assert heldout_accuracy_interval(Run(tmp_path / "empty", RunConfig())) is None

@@ -183,6 +183,9 @@ def test_rm_learns_the_ranking_and_writes_metrics(tmp_path, base_dir):
     metrics = read_json(run.path("rm", "metrics.json"))
     for key in ("heldout_accuracy", "train_accuracy", "score_mean", "score_std", "levels"):
         assert key in metrics
+    # held-out: one question per pair here; the CI (questions resampled) brackets the point estimate
+    lo, hi = metrics["heldout_accuracy_ci"]
+    assert metrics["heldout_questions"] == 10 and lo <= metrics["heldout_accuracy"] <= hi <= 1.0
     assert metrics["score_std"] > 0
     # Accuracy alone can't tell a trained RM from a random one here (every pair differs the same way, so a
     # random head is right on all or none of them); the learned gap is ~100x an untrained head's (~1e-3).

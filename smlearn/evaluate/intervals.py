@@ -8,6 +8,10 @@
   for every seed and both models: the comparison stays paired), so the interval covers both the test-set
   sample and the seed-to-seed spread. With 3 seeds the seed level is coarse; the per-seed values are
   reported beside it.
+- `cluster_bootstrap`: one accuracy over items that come in clusters (a reward model's held-out pairs:
+  several pairs share a question and are not independent). It resamples whole clusters, so a question with
+  many pairs does not pass for many independent trials; the statistic is the pooled share over all items,
+  the same as the point estimate.
 """
 from __future__ import annotations
 
@@ -66,3 +70,22 @@ def bootstrap_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[floa
     if len(a) != len(b):
         raise ValueError(f"{len(a)} seeds for one model and {len(b)} for the other")
     return _bootstrap([[x - y for x, y in zip(va, vb, strict=True)] for va, vb in zip(a, b)], resamples, seed)
+
+
+def cluster_bootstrap(clusters: Sequence[Sequence[float]], resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(pooled mean over every item, 2.5 %, 97.5 %): `clusters[q]` are the 0/1 outcomes of cluster q's items
+    (e.g. the held-out pairs of question q); whole clusters are resampled with replacement."""
+    clusters = [list(c) for c in clusters if len(c)]
+    if not clusters:
+        raise ValueError("no items")
+    sums, sizes = [sum(c) for c in clusters], [len(c) for c in clusters]
+    point = sum(sums) / sum(sizes)
+    rng = random.Random(seed)
+    k = len(clusters)
+    stats = []
+    for _ in range(resamples):
+        picks = [rng.randrange(k) for _ in range(k)]
+        stats.append(sum(sums[i] for i in picks) / sum(sizes[i] for i in picks))
+    stats.sort()
+    return point, stats[int(0.025 * (resamples - 1))], stats[int(math.ceil(0.975 * (resamples - 1)))]

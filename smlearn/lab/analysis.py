@@ -36,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from smlearn.evaluate.intervals import cluster_bootstrap
 from smlearn.collect import levels as collect_levels
 from smlearn.collect.levels import pair_answer
 from smlearn.io import read_json, read_jsonl, write_json
@@ -158,21 +159,45 @@ def _step_fraction(report) -> float:
     return report.n_valid / report.n_steps if report.n_steps else 0.0
 
 
-def heldout_accuracy_by_task(run) -> dict[str, dict] | None:
-    """The RM's held-out pairwise accuracy per task, from pairs.jsonl and rm/scores.jsonl (the RM stage's own
-    scores, by rationale id): one task whose pairs the RM cannot rank (e.g. coins on one seed) moves the overall
-    figure by its share of the held-out pairs."""
+def _heldout_wins(run) -> list[tuple[str, bool]] | None:
+    """(question id, chosen scored above rejected) for each held-out pair, from pairs.jsonl and
+    rm/scores.jsonl (the RM stage's own scores, by rationale id); None when the run has no RM scores."""
     pairs_path, scores_path = run.path("pairs.jsonl"), run.path("rm", "scores.jsonl")
     if not pairs_path.exists() or not scores_path.exists():
         return None
     score_of = {(row["split"], rid): row["score"] for row in read_jsonl(scores_path)
                 for rid in row.get("rationale_ids") or []}
-    wins: dict[str, list[bool]] = defaultdict(list)
+    out = []
     for p in read_jsonl(pairs_path):
         chosen, rejected = score_of.get(("heldout", p.get("chosen_id"))), score_of.get(("heldout", p.get("rejected_id")))
         if p.get("split") == "heldout" and chosen is not None and rejected is not None:
-            wins[task_of(p["question_id"])].append(chosen > rejected)
+            out.append((p["question_id"], chosen > rejected))
+    return out
+
+
+def heldout_accuracy_by_task(run) -> dict[str, dict] | None:
+    """The RM's held-out pairwise accuracy per task: one task whose pairs the RM cannot rank (e.g. coins on
+    one seed) moves the overall figure by its share of the held-out pairs."""
+    found = _heldout_wins(run)
+    if found is None:
+        return None
+    wins: dict[str, list[bool]] = defaultdict(list)
+    for qid, win in found:
+        wins[task_of(qid)].append(win)
     return {task: {"n": len(w), "accuracy": sum(w) / len(w)} for task, w in sorted(wins.items())}
+
+
+def heldout_accuracy_interval(run) -> dict[str, Any] | None:
+    """The RM's held-out pairwise accuracy with its 95 % CI, resampling questions: the held-out pairs come
+    from a few dozen questions, several pairs each, so the binomial interval over pairs is too narrow."""
+    found = _heldout_wins(run)
+    if not found:
+        return None
+    by_question: dict[str, list[float]] = defaultdict(list)
+    for qid, win in found:
+        by_question[qid].append(float(win))
+    point, lo, hi = cluster_bootstrap(list(by_question.values()))
+    return {"accuracy": point, "ci": [lo, hi], "pairs": len(found), "questions": len(by_question)}
 
 
 def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> tuple[dict, dict]:
@@ -189,6 +214,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
                            "heldout_levels": rm.get("heldout_levels"),
                            "levels": levels, "validity_by_level": {}, "vs_validity": None}
     out["heldout_accuracy_by_task"] = heldout_accuracy_by_task(run)
+    out["heldout_interval"] = heldout_accuracy_interval(run)
     level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
     plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
 

@@ -29,6 +29,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _interval(found: dict | None) -> str:
+    """' [95 % CI lo–hi, N questions resampled]' for a held-out accuracy whose pairs were resampled by question."""
+    if not found:
+        return ""
+    lo, hi = found["ci"]
+    return f" [95 % CI {lo:.2f}–{hi:.2f}, {found['questions']} questions resampled]"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
@@ -89,7 +97,7 @@ def report_section(lab: dict) -> str:
 
     rm = lab.get("rm") or {}
     parts += ["### Reward model vs. the verifier", "",
-              f"- held-out pairwise accuracy: {fmt(rm.get('heldout_accuracy'))} "
+              f"- held-out pairwise accuracy: {fmt(rm.get('heldout_accuracy'))}{_interval(rm.get('heldout_interval'))} "
               f"({fmt(rm.get('heldout_pairs'))} pairs); train: {fmt(rm.get('train_accuracy'))}",
               "- held-out pairwise accuracy by task: " + (", ".join(
                   f"{task} {fmt(v['accuracy'])} ({v['n']} pairs)"

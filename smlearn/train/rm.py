@@ -8,7 +8,7 @@ or with rounds_init=previous round k-1's model) with a new scalar head.
 
 Output: `rm/model/` (a plain `*ForSequenceClassification` model, LoRA merged),
 `rm/adapter/` (LoRA only), `rm/log.jsonl`, `rm/metrics.json` (pairwise
-accuracy, score mean/std on the training completions — RL standardises rewards
+accuracy — held-out with a 95 % CI that resamples questions —, score mean/std on the training completions — RL standardises rewards
 with them — and the score distribution per level) and `rm/scores.jsonl`.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 
 from .. import dist, stage_io
 from ..errors import SmlearnError
+from ..evaluate.intervals import cluster_bootstrap
 from ..io import read_jsonl, write_json, write_jsonl
 from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
@@ -189,6 +190,18 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
                    > score_of[(split, r.get("question_id"), r["prompt"], r["rejected"])] for r in rows)
         return wins / len(rows)
 
+    def interval(split: str, rows: list[dict[str, Any]]) -> list[float] | None:
+        """95 % CI of the pairwise accuracy, resampling questions (a question's pairs are not independent)."""
+        if not rows:
+            return None
+        wins: dict[Any, list[float]] = defaultdict(list)
+        for r in rows:
+            wins[r.get("question_id")].append(float(score_of[(split, r.get("question_id"), r["prompt"], r["chosen"])]
+                                                    > score_of[(split, r.get("question_id"), r["prompt"],
+                                                                r["rejected"])]))
+        _, lo, hi = cluster_bootstrap(list(wins.values()))
+        return [lo, hi]
+
     def accuracy_by_levels(split: str, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Pairwise accuracy per (chosen level > rejected level), e.g. "2>0": high over low."""
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -207,6 +220,8 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
     metrics = {
         "train_pairs": len(train_rows), "heldout_pairs": len(heldout_rows),
         "heldout_accuracy": accuracy("heldout", heldout_rows), "train_accuracy": accuracy("train", train_rows),
+        "heldout_accuracy_ci": interval("heldout", heldout_rows),
+        "heldout_questions": len({r.get("question_id") for r in heldout_rows}),
         "heldout_accuracy_by_levels": accuracy_by_levels("heldout", heldout_rows),
         "score_mean": overall["mean"], "score_std": overall["std"], "scored_completions": len(items),
         "levels": {level: {**_stats(vs), "scores": vs}
