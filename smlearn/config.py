@@ -115,6 +115,7 @@ class RMStageConfig:
     max_length: int = 512
     lora: LoraConfig = field(default_factory=LoraConfig)
     seed: int = 0
+    lm_coef: float = 0.0              # + lm_coef x next-token loss on prompt+chosen (GRM-style regulariser; 0: off)
 
 
 @dataclass
@@ -304,7 +305,7 @@ class RunConfig:
                   "rm.grad_accum", "rm.max_length", "rm.lora.r", "eval.max_new_tokens", "eval.batch_size")
         _at_least(self, 0, "prompts.n_shots", "generate.samples_gold", "generate.samples_wrong",
                   "generate.samples_free", "generate.max_wrong_candidates", "generate.temperature",
-                  "sft.warmup_ratio", "sft.weight_decay", "sft.lora.dropout", "rm.lora.dropout")
+                  "sft.warmup_ratio", "sft.weight_decay", "sft.lora.dropout", "rm.lora.dropout", "rm.lm_coef")
         _positive(self, "sft.epochs", "sft.learning_rate", "sft.lora.alpha", "rm.epochs", "rm.learning_rate",
                   "rm.lora.alpha")
         if not self.prompts.trigger.strip():

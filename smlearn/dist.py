@@ -208,6 +208,9 @@ def check_config(config) -> None:
                 raise ConfigError(f"{field}: LoRA under DeepSpeed ZeRO-3 is not supported (the partitioned backbone "
                                   "is not merged into the saved model); launch with configs/accelerate/zero2.yaml "
                                   "or without DeepSpeed")
+        if config.rm.lm_coef:
+            raise ConfigError("rm.lm_coef: the language-modelling regulariser reads the whole output embedding, "
+                              "which ZeRO-3 partitions; set rm.lm_coef=0 or launch with configs/accelerate/zero2.yaml")
         if config.rl.algorithm == "ppo" and not config.rl.lora.enabled:
             raise ConfigError("rl.lora.enabled: smlearn's PPO does not partition its models with DeepSpeed ZeRO-3, "
                               "so full-parameter PPO on a model that needs ZeRO-3 cannot fit; set "

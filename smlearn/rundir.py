@@ -77,10 +77,19 @@ def stage_sections(stage: str) -> list[str]:
 _ROUND_FIELDS = {"generate": "generator_fingerprint", "sft": "init_fingerprint"}
 
 
+# Fields added after runs existed, with the default that behaves as before: they enter the fingerprint only
+# when set otherwise, so a finished run keeps its fingerprint (and is not re-run) after an upgrade.
+_ADDED_FIELDS = {("rm", "lm_coef"): 0.0}
+
+
 def fingerprint_view(config: RunConfig, stage: str, sections: list[str] | None = None) -> dict[str, Any]:
     """What `fingerprint` hashes: the config sections `stage` depends on (or `sections`, for work outside
-    STAGES), less the neutral fields, and the round fields of the models it depends on, if set."""
+    STAGES), less the neutral fields and the added fields at their old behaviour, and the round fields of the
+    models it depends on, if set."""
     data = asdict(config)
+    for (section, name), default in _ADDED_FIELDS.items():
+        if data[section].get(name) == default:
+            del data[section][name]
     view = {s: _strip_neutral(data[s]) for s in (sections or stage_sections(stage))}
     if sections is None:
         models = {f: data["round"][f] for s in STAGES[: STAGES.index(stage) + 1]

@@ -113,6 +113,8 @@ def test_zero3_refuses_what_it_cannot_run(monkeypatch):
     dist.check_config(load_config(seven_b, full + ["rl.algorithm=grpo", "rl.lora.enabled=false"]))
     with pytest.raises(ConfigError, match=r"^rl\.lora\.enabled: smlearn's PPO does not partition"):
         dist.check_config(load_config(seven_b, full + ["rl.lora.enabled=false"]))
+    with pytest.raises(ConfigError, match=r"^rm\.lm_coef: the language-modelling regulariser"):
+        dist.check_config(load_config(seven_b, full + ["rm.lm_coef=0.1"]))
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(REPO / "configs" / "deepspeed" / "zero2.json"))
     assert dist.zero_stage() == 2
     dist.check_config(load_config(seven_b))                              # LoRA under ZeRO-2 is fine

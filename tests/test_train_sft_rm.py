@@ -260,3 +260,77 @@ def test_rm_with_one_seed_trains_the_same_weights_twice(tmp_path, base_dir):
         weights.append(load_file(run.path("rm", "model", "model.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+# ---------------------------------------------------------------------------
+# rm.lm_coef: the language-modelling regulariser
+# ---------------------------------------------------------------------------
+
+def _untied_copy(base_dir, folder):
+    """The tiny base model with its own (different) LM head instead of the tied embedding."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone() * 0.5 + 0.01)
+    model.save_pretrained(folder)
+    load_tokenizer(str(base_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_rm_lm_coef_adds_the_backbone_lm_loss_of_prompt_and_chosen(tmp_path, base_dir, tied):
+    """The regulariser is lm_coef x the next-token loss of prompt + chosen + EOS under the backbone's own LM
+    head: checked against the causal LM's own loss on the same batch, at the initial weights."""
+    from transformers import AutoModelForCausalLM
+
+    from smlearn.train.reward_scorer import load_reward_backbone
+    from smlearn.train.rm import build_rm_trainer
+
+    base = base_dir if tied else _untied_copy(base_dir, tmp_path / "untied")
+    run = _make_run(tmp_path, base, rm={"lm_coef": 0.5})
+    tok = load_tokenizer(str(base))
+    model = load_reward_backbone(base)
+    model.config.get_text_config().pad_token_id = tok.pad_token_id
+    rows = [p for p in _pairs() if p["split"] == "train"]
+    trainer = build_rm_trainer(run, model, tok, rows, progress=False)
+    assert type(trainer).__name__ == "LMRegularizedRewardTrainer"
+    assert (trainer.lm_head is None) == tied
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        total = trainer.compute_loss(trainer.model, dict(batch))
+        plain = super(type(trainer), trainer).compute_loss(trainer.model, dict(batch))
+    lm = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    ids, mask = torch.chunk(batch["input_ids"], 2)[0], torch.chunk(batch["attention_mask"], 2)[0]
+    with torch.no_grad():
+        logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    keep = mask[:, 1:].bool()
+    expected = torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
+    assert total.item() == pytest.approx(plain.item() + 0.5 * expected.item(), rel=1e-4)
+    assert trainer._metrics["eval"]["lm_loss"][-1] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_rm_lm_coef_trains_ranks_and_logs(tmp_path, base_dir):
+    run = _make_run(tmp_path, base_dir, rm={"lm_coef": 0.1})
+    write_jsonl(run.path("pairs.jsonl"), _pairs())
+    summary = train_rm(run, progress=False)
+    assert summary["heldout_accuracy"] >= 0.8, summary
+    logged = [row for row in read_jsonl(run.path("rm", "log.jsonl")) if "lm_loss" in row]
+    assert logged and all(row["lm_loss"] > 0 for row in logged)
+
+
+def test_rm_lm_coef_config_and_fingerprint(tmp_path):
+    from smlearn.config import ConfigError
+    from smlearn.rundir import fingerprint, fingerprint_view
+
+    cfg = RunConfig()
+    assert "lm_coef" not in fingerprint_view(cfg, "rm")["rm"]      # off: finished runs keep their fingerprint
+    on = RunConfig()
+    on.rm.lm_coef = 0.1
+    assert fingerprint_view(on, "rm")["rm"]["lm_coef"] == 0.1
+    assert fingerprint(on, "rm") != fingerprint(cfg, "rm") and fingerprint(on, "sft") == fingerprint(cfg, "sft")
+    bad = RunConfig()
+    bad.model.name_or_path, bad.data.source, bad.rm.lm_coef = "some/model", DATA_SOURCE, -1.0
+    with pytest.raises(ConfigError, match="rm.lm_coef"):
+        bad.validate()

@@ -4,7 +4,8 @@ Input: `pairs.jsonl` rows {"question_id", "prompt", "chosen", "rejected",
 "chosen_level", "rejected_level", "split"}; "train" pairs train the model,
 "heldout" pairs (other questions) measure it. The backbone is the SFT model
 (`rm.init=sft`) or the model SFT started from (`rm.init=base`: the base model,
-or with rounds_init=previous round k-1's model) with a new scalar head.
+or with rounds_init=previous round k-1's model) with a new scalar head. `rm.lm_coef` > 0 adds a
+language-modelling loss on prompt + chosen to the pairwise loss (`lm_regularized_trainer`).
 
 Output: `rm/model/` (a plain `*ForSequenceClassification` model, LoRA merged),
 `rm/adapter/` (LoRA only), `rm/log.jsonl`, `rm/metrics.json` (pairwise
@@ -83,12 +84,69 @@ def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                                  for r in train_rows])
     peft_config = build_lora_config(cfg.lora, "seq_cls") if cfg.lora.enabled else None
+    extra = {}
+    if cfg.lm_coef:
+        RewardTrainer = lm_regularized_trainer(RewardTrainer)
+        extra = {"lm_coef": cfg.lm_coef, "lm_head": output_embedding(run, model)}
     with quiet_unless(progress):
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                peft_config=peft_config)
+                                peft_config=peft_config, **extra)
     upcast_trainable(trainer.model)   # PEFT leaves the new score head (modules_to_save) in a bf16 backbone's dtype
     setup_trainer_callbacks(trainer, run, "rm", progress)
     return trainer
+
+
+def output_embedding(run: Run, model) -> torch.Tensor | None:
+    """The LM head the `rm.lm_coef` regulariser predicts tokens with: None when the model ties it to the input
+    embedding (it is then read from the model being trained, and trained with it); otherwise the backbone
+    checkpoint's own `lm_head` weight, loaded once and kept frozen (a sequence-classification model has none)."""
+    if model.config.get_text_config().tie_word_embeddings:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    path, mcfg = backbone_path(run), run.config.model
+    revision = mcfg.revision if run.config.rm.init == "base" and stage_io.is_base(run, "init") else None
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                              trust_remote_code=mcfg.trust_remote_code, revision=revision)
+    weight = lm.get_output_embeddings().weight.detach().clone()
+    del lm
+    return weight
+
+
+def lm_regularized_trainer(base):
+    """`base` (TRL's RewardTrainer) with `lm_coef` x the next-token loss of prompt + chosen added to its
+    Bradley–Terry loss.
+
+    With a few hundred pairs a reward model fits them with whatever separates them in training (a name, an
+    answer word) and ranks new questions worse. Keeping the backbone a language model of the good
+    rationales — the hidden states must still predict their next tokens — regularises the features the
+    scalar head reads (GRM: Yang et al. 2024, "Regularizing Hidden States Enables Learning Generalizable
+    Reward Model for LLMs"; their SFT regulariser). The tokens are those TRL scores (prompt + chosen + EOS),
+    pads excluded; the LM head is the tied input embedding (trained with the model) or the checkpoint's own
+    (frozen). The loss is logged as `lm_loss`."""
+
+    class LMRegularizedRewardTrainer(base):
+        def __init__(self, *args, lm_coef: float, lm_head: torch.Tensor | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lm_coef = lm_coef
+            self.lm_head = lm_head.to(self.args.device) if lm_head is not None else None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["output_hidden_states"] = True
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            hidden = torch.chunk(outputs.hidden_states[-1], 2)[0]          # the chosen half of the batch
+            ids = torch.chunk(inputs["input_ids"], 2)[0]
+            mask = torch.chunk(inputs["attention_mask"], 2)[0][:, 1:].bool()
+            weight = self.lm_head if self.lm_head is not None else model.get_input_embeddings().weight
+            logits = hidden[:, :-1][mask] @ weight.to(hidden.dtype).T
+            lm_loss = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][mask])
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["lm_loss"].append(lm_loss.item())
+            loss = loss + self.lm_coef * lm_loss
+            return (loss, outputs) if return_outputs else loss
+
+    return LMRegularizedRewardTrainer
 
 
 def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
