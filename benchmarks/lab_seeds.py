@@ -100,13 +100,13 @@ def _correct(run_dir: Path, model: str) -> dict[str, float] | None:
 def difference_table(out: Path, seeds: list[int], tasks: list[str], a: str = "rl", b: str = "sft") -> str:
     """SML − SFT per task and over all tasks, mean over seeds, with a 95 % CI from a two-level bootstrap
     (seeds, then questions; paired: both models on the same questions of a seed)."""
+    loaded = [(_correct(out / f"seed{seed}", a), _correct(out / f"seed{seed}", b)) for seed in seeds]
+    if any(ca is None or cb is None for ca, cb in loaded):
+        return "(no per-question predictions: the paired CI is not computed)"
     cells = []
     for task in tasks + ["all"]:
         va, vb = [], []
-        for seed in seeds:
-            ca, cb = _correct(out / f"seed{seed}", a), _correct(out / f"seed{seed}", b)
-            if ca is None or cb is None:
-                return "(no per-question predictions: the paired CI is not computed)"
+        for ca, cb in loaded:
             ids = sorted(i for i in ca if i in cb and (task == "all" or i.split("-")[0] == task))
             va.append([ca[i] for i in ids])
             vb.append([cb[i] for i in ids])

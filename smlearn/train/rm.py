@@ -241,12 +241,12 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
     values = scorer.score([c["prompt"] for c in items], [c["completion"] for c in items], batch_size=batch_size)
     score_of = {key: v for key, v in zip(completions, values)}
 
+    def won(split: str, r: dict[str, Any]) -> bool:
+        return (score_of[(split, r.get("question_id"), r["prompt"], r["chosen"])]
+                > score_of[(split, r.get("question_id"), r["prompt"], r["rejected"])])
+
     def accuracy(split: str, rows: list[dict[str, Any]]) -> float | None:
-        if not rows:
-            return None
-        wins = sum(score_of[(split, r.get("question_id"), r["prompt"], r["chosen"])]
-                   > score_of[(split, r.get("question_id"), r["prompt"], r["rejected"])] for r in rows)
-        return wins / len(rows)
+        return sum(won(split, r) for r in rows) / len(rows) if rows else None
 
     def interval(split: str, rows: list[dict[str, Any]]) -> list[float] | None:
         """95 % CI of the pairwise accuracy, resampling questions (a question's pairs are not independent)."""
@@ -254,9 +254,7 @@ def evaluate_rm(scorer: RewardScorer, train_rows: list[dict[str, Any]], heldout_
             return None
         wins: dict[Any, list[float]] = defaultdict(list)
         for r in rows:
-            wins[r.get("question_id")].append(float(score_of[(split, r.get("question_id"), r["prompt"], r["chosen"])]
-                                                    > score_of[(split, r.get("question_id"), r["prompt"],
-                                                                r["rejected"])]))
+            wins[r.get("question_id")].append(float(won(split, r)))
         _, lo, hi = cluster_bootstrap(list(wins.values()))
         return [lo, hi]
 
