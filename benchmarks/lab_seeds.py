@@ -92,6 +92,34 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
+    """Per seed: the RM's mean score high / mid / low on held-out questions, per task (n in brackets), and
+    whether high > mid > low holds overall and within each task that has all three levels."""
+    tasks = next(iter(per_seed.values()))["tasks"]
+    lines = ["| seed | " + " | ".join(f"{t}: high / mid / low (n)" for t in tasks) + " | order holds: overall; per task |",
+             "| --- |" + " --- |" * (len(tasks) + 1)]
+
+    def ordered(levels: dict) -> bool | None:
+        if not all(k in levels and levels[k].get("mean") is not None for k in ("2", "1", "0")):
+            return None
+        return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
+
+    for seed, m in per_seed.items():
+        rm = m.get("rm") or {}
+        by_task = rm.get("heldout_levels_by_task") or {}
+        cells = []
+        for t in tasks:
+            lv = by_task.get(t) or {}
+            cells.append(" / ".join(f"{lv[k]['mean']:.2f}" if k in lv else "n/a" for k in ("2", "1", "0"))
+                         + " (" + "/".join(str(lv[k]["n"]) if k in lv else "0" for k in ("2", "1", "0")) + ")")
+        overall = ordered(rm.get("heldout_levels") or {})
+        per_task = ", ".join(f"{t} {'yes' if o else 'no'}" for t in tasks
+                             if (o := ordered(by_task.get(t) or {})) is not None)
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {'n/a' if overall is None else ('yes' if overall else 'no')}; "
+                     f"{per_task or 'n/a'} |")
+    return "\n".join(lines)
+
+
 def _correct(run_dir: Path, model: str) -> dict[str, float] | None:
     path = run_dir / "eval" / model / "predictions.jsonl"
     return {r["id"]: float(bool(r["correct"])) for r in read_jsonl(path)} if path.exists() else None
@@ -142,7 +170,8 @@ def main() -> None:
           f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
           f"{difference_table(Path(args.out), args.seeds, next(iter(per_seed.values()))['tasks'])}\n\n"
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
-          f"per task and level:\n\n{step_fraction_table(per_seed)}\n")
+          f"per task and level:\n\n{step_fraction_table(per_seed)}\n\nRM mean score on held-out questions, per task "
+          f"and level:\n\n{level_means_by_task_table(per_seed)}\n")
     write_text(Path(args.out) / "seeds.md", md)
     write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
                                                "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})

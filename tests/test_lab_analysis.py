@@ -10,7 +10,8 @@ import pytest
 from smlearn.config import DataConfig, RunConfig
 from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
-from smlearn.lab.analysis import analyze, heldout_accuracy_by_task, heldout_accuracy_interval, write_metrics
+from smlearn.lab.analysis import (analyze, heldout_accuracy_by_task, heldout_accuracy_interval,
+                                  heldout_level_means_by_task, write_metrics)
 from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, report_section, write_lab_report
 from smlearn.lab.stats import rankdata, roc_auc, spearman
 from smlearn.prompts import answer_sentence, completion_text
@@ -427,3 +428,8 @@ def test_rm_heldout_accuracy_by_task(tmp_path):
     lo, hi = found["ci"]
     assert lo == pytest.approx(0.5) and hi == 1.0        # resamples: coins twice 1/2, arithmetic twice 1, mixed 2/3
     assert heldout_accuracy_interval(Run(tmp_path / "empty", RunConfig())) is None
+    # the level means per task, held-out only (the train rows' -5 / 5 are left out)
+    assert heldout_level_means_by_task(run) == {
+        "arithmetic": {"2": {"n": 1, "mean": 2.0}, "1": {"n": 1, "mean": -1.0}},
+        "coins": {"2": {"n": 1, "mean": 0.5}, "0": {"n": 2, "mean": 0.5}}}
+    assert heldout_level_means_by_task(Run(tmp_path / "empty", RunConfig())) is None

@@ -187,6 +187,22 @@ def heldout_accuracy_by_task(run) -> dict[str, dict] | None:
     return {task: {"n": len(w), "accuracy": sum(w) / len(w)} for task, w in sorted(wins.items())}
 
 
+def heldout_level_means_by_task(run) -> dict[str, dict] | None:
+    """The RM's mean score per task and level (high 2 / mid 1 / low 0) on held-out questions, from
+    rm/scores.jsonl. The overall level means mix tasks whose scores sit on different levels (coins' wrong
+    rationales far below arithmetic's), so an overall mid-over-low can come from the task mix alone; per task
+    it cannot."""
+    path = run.path("rm", "scores.jsonl")
+    if not path.exists():
+        return None
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in read_jsonl(path):
+        if row.get("split") == "heldout" and row.get("level") is not None:
+            scores[task_of(str(row["question_id"]))][str(row["level"])].append(float(row["score"]))
+    return {task: {level: {"n": len(v), "mean": mean(v)} for level, v in sorted(levels.items(), reverse=True)}
+            for task, levels in sorted(scores.items())}
+
+
 def heldout_accuracy_interval(run) -> dict[str, Any] | None:
     """The RM's held-out pairwise accuracy with its 95 % CI, resampling questions: the held-out pairs come
     from a few dozen questions, several pairs each, so the binomial interval over pairs is too narrow."""
@@ -215,6 +231,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
                            "levels": levels, "validity_by_level": {}, "vs_validity": None}
     out["heldout_accuracy_by_task"] = heldout_accuracy_by_task(run)
     out["heldout_interval"] = heldout_accuracy_interval(run)
+    out["heldout_levels_by_task"] = heldout_level_means_by_task(run)
     level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
     plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
 
