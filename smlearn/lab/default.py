@@ -299,11 +299,8 @@ def lab_run_config(model_dir: Path, data_dir: Path) -> dict[str, Any]:
         "sft": {"epochs": 2, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
         # Every right-over-wrong pair (up to 6 a question from 5 rationales) and 4 epochs: the RM trained on
         # 3 pairs a question, mid over low included, for 1 epoch ranked held-out pairs at chance (0.47-0.59
-        # over three seeds; docs/results.md, the RM table). lm_coef 0.1: a next-token loss on prompt + chosen
-        # beside the pairwise loss (GRM's regulariser) keeps a backbone that fits ~450 pairs a language model of
-        # the good rationales; held-out accuracy 0.788 -> 0.821 over six seeds, SML's margin unchanged
-        # (docs/results.md, "The LM-regularised RM").
-        "rm": {"epochs": 4, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400, "lm_coef": 0.1},
+        # over three seeds; docs/results.md, the RM table).
+        "rm": {"epochs": 4, "learning_rate": 5e-4, "batch_size": 16, "max_length": 400},
         # RL on the lab's fresh questions (rl.jsonl): 250 steps of 8 questions x 8 samples (16,000 rollouts),
         # on-policy enough to move a model whose pass@16 is far above its greedy accuracy (the RL-stage issue's
         # probe: +11 points on arithmetic after ~10,000 arithmetic rollouts); 90 of them held out and watched.
