@@ -36,11 +36,11 @@ def table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def _level_means(levels: dict | None) -> str:
+def _level_means(levels: dict | None, digits: int = 3) -> str:
     if not levels:
         return "n/a"
-    return " / ".join(f"{levels[k]['mean']:.3f}" if k in levels and levels[k].get("mean") is not None else "n/a"
-                      for k in ("2", "1", "0"))
+    return " / ".join(f"{levels[k]['mean']:.{digits}f}" if k in levels and levels[k].get("mean") is not None
+                      else "n/a" for k in ("2", "1", "0"))
 
 
 def _ci(found: dict | None) -> str:
@@ -110,8 +110,8 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
         cells = []
         for t in tasks:
             lv = by_task.get(t) or {}
-            cells.append(" / ".join(f"{lv[k]['mean']:.2f}" if k in lv else "n/a" for k in ("2", "1", "0"))
-                         + " (" + "/".join(str(lv[k]["n"]) if k in lv else "0" for k in ("2", "1", "0")) + ")")
+            cells.append(f"{_level_means(lv, digits=2)} (" + "/".join(str(lv[k]["n"]) if k in lv else "0"
+                                                                    for k in ("2", "1", "0")) + ")")
         overall = ordered(rm.get("heldout_levels") or {})
         per_task = ", ".join(f"{t} {'yes' if o else 'no'}" for t in tasks
                              if (o := ordered(by_task.get(t) or {})) is not None)
