@@ -116,6 +116,7 @@ class RMStageConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     seed: int = 0
     lm_coef: float = 0.0              # + lm_coef x next-token loss on prompt+chosen (GRM-style regulariser; 0: off)
+    pooling: str = "last"             # the score: the head at the last token, or its mean over the completion
 
 
 @dataclass
@@ -291,6 +292,8 @@ class RunConfig:
             raise ConfigError(f"collect.pairs: '{self.collect.pairs}' is not one of right_over_wrong, all_levels")
         if self.rm.init not in ("sft", "base"):
             raise ConfigError(f"rm.init: '{self.rm.init}' is not one of sft, base")
+        if self.rm.pooling not in ("last", "mean"):
+            raise ConfigError(f"rm.pooling: '{self.rm.pooling}' is not one of last, mean")
         self.rl.validate()
         from .tracking import check_report_to
         if (problem := check_report_to(self.log.report_to)) is not None:

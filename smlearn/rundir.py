@@ -79,7 +79,7 @@ _ROUND_FIELDS = {"generate": "generator_fingerprint", "sft": "init_fingerprint"}
 
 # Fields added after runs existed, with the default that behaves as before: they enter the fingerprint only
 # when set otherwise, so a finished run keeps its fingerprint (and is not re-run) after an upgrade.
-_ADDED_FIELDS = {("rm", "lm_coef"): 0.0}
+_ADDED_FIELDS = {("rm", "lm_coef"): 0.0, ("rm", "pooling"): "last"}
 
 
 def fingerprint_view(config: RunConfig, stage: str, sections: list[str] | None = None) -> dict[str, Any]:

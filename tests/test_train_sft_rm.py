@@ -334,3 +334,108 @@ def test_rm_lm_coef_config_and_fingerprint(tmp_path):
     bad.model.name_or_path, bad.data.source, bad.rm.lm_coef = "some/model", DATA_SOURCE, -1.0
     with pytest.raises(ConfigError, match="rm.lm_coef"):
         bad.validate()
+
+
+# ---------------------------------------------------------------------------
+# rm.pooling=mean: the score is the head's mean over the completion's tokens
+# ---------------------------------------------------------------------------
+
+def _token_head_outputs(model, ids: list[int]) -> torch.Tensor:
+    """The score head at every position of one unpadded text, [T] (our own computation: backbone, then head)."""
+    with torch.no_grad():
+        hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state
+        return model.score(hidden)[0, :, 0]
+
+
+def test_mean_pooled_score_is_the_head_mean_over_the_completion_tokens(base_dir):
+    """RewardScorer with pooling mean: the mean of the per-token head outputs from the completion's first
+    token to its EOS (prompt tokens excluded), whatever the batch and its padding; last pooling unchanged."""
+    from smlearn.train.reward_scorer import POOLING_KEY, completion_start, load_reward_backbone
+
+    tok = load_tokenizer(str(base_dir))
+    model = load_reward_backbone(base_dir).eval()
+    pairs = _pairs()[:5]
+    prompts = [p["prompt"] for p in pairs]
+    completions = [p["chosen"] + " then count" * i for i, p in enumerate(pairs)]
+    last = RewardScorer(model, tok).score(prompts, completions, batch_size=5)
+    setattr(model.config, POOLING_KEY, "mean")
+    scorer = RewardScorer(model, tok)
+    together = scorer.score(prompts, completions, batch_size=5)
+    alone = [scorer.score([p], [c], batch_size=1)[0] for p, c in zip(prompts, completions)]
+    expected, at_last = [], []
+    for p, c in zip(prompts, completions):
+        ids = tok(p + c + tok.eos_token)["input_ids"]
+        start = completion_start(tok, p, ids)
+        assert start == len(tok(p)["input_ids"]) and start < len(ids)
+        heads = _token_head_outputs(model, ids)
+        expected.append(heads[start:].mean().item())
+        at_last.append(heads[-1].item())
+    assert together == pytest.approx(expected, abs=1e-5) and alone == pytest.approx(expected, abs=1e-5)
+    assert last == pytest.approx(at_last, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(expected, at_last)) > 1e-3      # the two poolings do differ
+
+
+def test_completion_mask_collator_marks_each_rows_completion(tmp_path, base_dir):
+    """The pooled trainer's batches: chosen rows then rejected rows, right-padded; the mask is True from the
+    pair's prompt length to the last real token of each row, and the loss is TRL's on the pooled scores."""
+    from smlearn.train.reward_scorer import load_reward_backbone
+    from smlearn.train.rm import build_rm_trainer, prompt_length
+
+    run = _make_run(tmp_path, base_dir, rm={"pooling": "mean"})
+    tok = load_tokenizer(str(base_dir))
+    model = load_reward_backbone(base_dir)
+    model.config.get_text_config().pad_token_id = tok.pad_token_id
+    rows = [p for p in _pairs() if p["split"] == "train"][:4]
+    trainer = build_rm_trainer(run, model, tok, rows, progress=False)
+    assert type(trainer).__name__ == "MeanPooledRewardTrainer"
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    n = len(examples)
+    for i, e in enumerate(examples):
+        for row, ids in ((i, e["chosen_ids"]), (n + i, e["rejected_ids"])):
+            mask = batch["completion_mask"][row]
+            assert mask[:e["prompt_len"]].sum() == 0 and mask[e["prompt_len"]:len(ids)].all()
+            assert mask[len(ids):].sum() == 0
+        assert e["prompt_len"] == prompt_length(tok, rows[i]) == len(tok(rows[i]["prompt"])["input_ids"])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    scores = []
+    for row in range(2 * n):
+        ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        scores.append(_token_head_outputs(trainer.model, ids)[batch["completion_mask"][row][:len(ids)]].mean())
+    scores = torch.stack(scores)
+    expected = -torch.nn.functional.logsigmoid(scores[:n] - scores[n:]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_rm_mean_pooling_trains_ranks_and_is_recorded(tmp_path, base_dir):
+    """End to end: the saved model records its pooling, and the scores RewardScorer reloads it with are the
+    evaluation's."""
+    run = _make_run(tmp_path, base_dir, rm={"pooling": "mean"})
+    pairs = _pairs()
+    write_jsonl(run.path("pairs.jsonl"), pairs)
+    summary = train_rm(run, progress=False)
+    assert summary["heldout_accuracy"] >= 0.8, summary
+    assert read_json(run.path("rm", "model", "config.json"))["smlearn_reward_pooling"] == "mean"
+    scorer = RewardScorer.load(run.path("rm", "model"), device="cpu")
+    assert scorer.pooling == "mean"
+    scores = read_jsonl(run.path("rm", "scores.jsonl"))
+    first = next(s for s in scores if s["question_id"] == pairs[32]["question_id"] and s["level"] == 2)
+    assert scorer.score([pairs[32]["prompt"]], [pairs[32]["chosen"]])[0] == pytest.approx(first["score"], abs=1e-4)
+
+
+def test_rm_pooling_config_and_fingerprint():
+    from smlearn.config import ConfigError
+    from smlearn.rundir import fingerprint, fingerprint_view
+
+    cfg = RunConfig()
+    assert cfg.rm.pooling == "last" and "pooling" not in fingerprint_view(cfg, "rm")["rm"]
+    on = RunConfig()
+    on.rm.pooling = "mean"
+    assert fingerprint_view(on, "rm")["rm"]["pooling"] == "mean"
+    assert fingerprint(on, "rm") != fingerprint(cfg, "rm") and fingerprint(on, "sft") == fingerprint(cfg, "sft")
+    bad = RunConfig()
+    bad.model.name_or_path, bad.data.source, bad.rm.pooling = "some/model", DATA_SOURCE, "max"
+    with pytest.raises(ConfigError, match=r"^rm\.pooling: 'max' is not one of last, mean"):
+        bad.validate()

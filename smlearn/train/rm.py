@@ -5,7 +5,9 @@ Input: `pairs.jsonl` rows {"question_id", "prompt", "chosen", "rejected",
 "heldout" pairs (other questions) measure it. The backbone is the SFT model
 (`rm.init=sft`) or the model SFT started from (`rm.init=base`: the base model,
 or with rounds_init=previous round k-1's model) with a new scalar head. `rm.lm_coef` > 0 adds a
-language-modelling loss on prompt + chosen to the pairwise loss (`lm_regularized_trainer`).
+language-modelling loss on prompt + chosen to the pairwise loss (`lm_regularized_trainer`);
+`rm.pooling=mean` scores a text by the mean of the head's per-token outputs over its completion
+(`mean_pooled_trainer`; reward_scorer.py) instead of the last token's.
 
 Output: `rm/model/` (a plain `*ForSequenceClassification` model, LoRA merged),
 `rm/adapter/` (LoRA only), `rm/log.jsonl`, `rm/metrics.json` (pairwise
@@ -29,7 +31,8 @@ from ..models import load_tokenizer, resolve_device, resolve_dtype
 from ..rundir import Run
 from .common import (build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty, trainer_args,
                      upcast_trainable)
-from .reward_scorer import RewardScorer, load_reward_backbone
+from .reward_scorer import (POOLING_KEY, RewardScorer, completion_mask, completion_start, load_reward_backbone,
+                            mean_pooled)
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
 
 SPLITS = ("train", "heldout")
@@ -81,19 +84,69 @@ def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]
     # A bf16 LoRA backbone runs under bf16 mixed precision (its fp32 head and adapters need the autocast).
     kwargs["bf16"] = kwargs["bf16"] or any(p.dtype == torch.bfloat16 for p in model.parameters())
     args = RewardConfig(**kwargs)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                 for r in train_rows])
+    rows = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in train_rows]
     peft_config = build_lora_config(cfg.lora, "seq_cls") if cfg.lora.enabled else None
     extra = {}
+    if cfg.pooling == "mean":
+        RewardTrainer = mean_pooled_trainer(RewardTrainer)
+        rows = [{**r, "prompt_len": prompt_length(tokenizer, r)} for r in rows]
     if cfg.lm_coef:
         RewardTrainer = lm_regularized_trainer(RewardTrainer)
         extra = {"lm_coef": cfg.lm_coef, "lm_head": output_embedding(run, model)}
+    dataset = Dataset.from_list(rows)
     with quiet_unless(progress):
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 peft_config=peft_config, **extra)
     upcast_trainable(trainer.model)   # PEFT leaves the new score head (modules_to_save) in a bf16 backbone's dtype
     setup_trainer_callbacks(trainer, run, "rm", progress)
     return trainer
+
+
+def prompt_length(tokenizer, row: dict[str, str]) -> int:
+    """The prompt's token count in both texts TRL tokenizes, prompt + chosen + EOS and prompt + rejected + EOS
+    (reward_scorer.completion_start; the scorer finds the same start for each)."""
+    eos = tokenizer.eos_token or ""
+    starts = []
+    for side in ("chosen", "rejected"):
+        text = row["prompt"] + row[side]
+        text = text if not eos or text.endswith(eos) else text + eos
+        starts.append(completion_start(tokenizer, row["prompt"], tokenizer(text)["input_ids"]))
+    return min(starts)
+
+
+def mean_pooled_trainer(base):
+    """`base` (TRL's RewardTrainer) scoring each text by the mean of the head's per-token outputs over its
+    completion (`reward_scorer.mean_pooled`) rather than at its last token; TRL's loss, margin and metrics
+    are then computed on those scores unchanged. The dataset carries each pair's `prompt_len`; the collator
+    turns it into a completion mask over TRL's right-padded [chosen | rejected] batch."""
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class CompletionMaskCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            out = super().torch_call(examples)
+            starts = [e["prompt_len"] for e in examples] * 2          # the chosen rows, then the rejected ones
+            out["completion_mask"] = completion_mask(starts, out["attention_mask"])
+            return out
+
+    class MeanPooledRewardTrainer(base):
+        def __init__(self, *, processing_class, args, **kwargs):
+            pad = processing_class.pad_token_id
+            kwargs["data_collator"] = CompletionMaskCollator(
+                pad_token_id=pad if pad is not None else processing_class.eos_token_id,
+                pad_to_multiple_of=args.pad_to_multiple_of)
+            super().__init__(processing_class=processing_class, args=args, **kwargs)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "prompt_len" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "prompt_len"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with mean_pooled(model, inputs.pop("completion_mask")):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+
+    return MeanPooledRewardTrainer
 
 
 def output_embedding(run: Run, model) -> torch.Tensor | None:
@@ -189,6 +242,7 @@ def train_rm(run: Run, progress: bool = True) -> dict[str, Any]:
 
     trained = merge_lora(trainer.model, run.path("rm", "adapter") if cfg.lora.enabled else None)
     trained = trained.to(save_dtype).eval()
+    setattr(trained.config, POOLING_KEY, cfg.pooling)       # in config.json: RewardScorer scores the same way
     gathered = dist.gathered_state_dict(trainer)
     stage_io.save_model(trained, tokenizer, run.path("rm", "model"), gathered)
     if gathered is not None:          # ZeRO-3: this process holds a part of the weights; score with the saved model
