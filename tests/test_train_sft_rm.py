@@ -439,3 +439,18 @@ def test_rm_pooling_config_and_fingerprint():
     bad.model.name_or_path, bad.data.source, bad.rm.pooling = "some/model", DATA_SOURCE, "max"
     with pytest.raises(ConfigError, match=r"^rm\.pooling: 'max' is not one of last, mean"):
         bad.validate()
+
+
+def test_rm_mean_pooling_under_lora(tmp_path, base_dir):
+    """Under PEFT the pooling hooks the head's modules_to_save wrapper: training runs, and the merged model
+    on disk scores with the pooling the evaluation used."""
+    lora = LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)
+    run = _make_run(tmp_path, base_dir, rm={"epochs": 1.0, "lora": lora, "pooling": "mean"})
+    pairs = _pairs(n_train=8, n_heldout=2)
+    write_jsonl(run.path("pairs.jsonl"), pairs)
+    train_rm(run, progress=False)
+    scorer = RewardScorer.load(run.path("rm", "model"), device="cpu")
+    assert scorer.pooling == "mean"
+    written = [r["score"] for r in read_jsonl(run.path("rm", "scores.jsonl")) if r["question_id"] == "p0"]
+    rescored = scorer.score([pairs[0]["prompt"]] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
+    assert sorted(rescored) == pytest.approx(sorted(written), abs=1e-4)

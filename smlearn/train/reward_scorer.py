@@ -90,6 +90,14 @@ def mean_pooled(model, completion_mask: torch.Tensor):
         handle.remove()
 
 
+def scored_text(tokenizer, prompt: str, completion: str) -> str:
+    """The text a reward model reads, as TRL's RewardTrainer builds it: prompt + completion + EOS (added when
+    missing)."""
+    eos = tokenizer.eos_token or ""
+    text = prompt + completion
+    return text + eos if eos and not text.endswith(eos) else text
+
+
 def completion_start(tokenizer, prompt: str, ids: list[int]) -> int:
     """Where the completion's tokens start in `ids` (prompt + completion tokenized as one text): after the
     tokens it shares with the prompt tokenized alone (a token merged across the join counts as completion)."""
@@ -140,11 +148,7 @@ class RewardScorer:
 
     def encode(self, prompt: str, completion: str) -> tuple[list[int], int]:
         """The token ids scored, and where the completion starts in them (mean pooling reads from there)."""
-        eos = self.tokenizer.eos_token or ""
-        text = prompt + completion
-        if eos and not text.endswith(eos):
-            text += eos
-        ids = self.tokenizer(text)["input_ids"]
+        ids = self.tokenizer(scored_text(self.tokenizer, prompt, completion))["input_ids"]
         start = completion_start(self.tokenizer, prompt, ids) if self.pooling == "mean" else 0
         if self.max_length is not None and len(ids) > self.max_length:
             cut = len(ids) - self.max_length

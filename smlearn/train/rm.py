@@ -32,7 +32,7 @@ from ..rundir import Run
 from .common import (build_lora_config, merge_lora, prepare_for_training, quiet_unless, remove_if_empty, trainer_args,
                      upcast_trainable)
 from .reward_scorer import (POOLING_KEY, RewardScorer, completion_mask, completion_start, load_reward_backbone,
-                            mean_pooled)
+                            mean_pooled, scored_text)
 from ..tracking import hf_report_to, run_name, setup_trainer_callbacks
 
 SPLITS = ("train", "heldout")
@@ -105,13 +105,9 @@ def build_rm_trainer(run: Run, model, tokenizer, train_rows: list[dict[str, Any]
 def prompt_length(tokenizer, row: dict[str, str]) -> int:
     """The prompt's token count in both texts TRL tokenizes, prompt + chosen + EOS and prompt + rejected + EOS
     (reward_scorer.completion_start; the scorer finds the same start for each)."""
-    eos = tokenizer.eos_token or ""
-    starts = []
-    for side in ("chosen", "rejected"):
-        text = row["prompt"] + row[side]
-        text = text if not eos or text.endswith(eos) else text + eos
-        starts.append(completion_start(tokenizer, row["prompt"], tokenizer(text)["input_ids"]))
-    return min(starts)
+    return min(completion_start(tokenizer, row["prompt"],
+                                tokenizer(scored_text(tokenizer, row["prompt"], row[side]))["input_ids"])
+               for side in ("chosen", "rejected"))
 
 
 def mean_pooled_trainer(base):
