@@ -14,10 +14,10 @@ Pooling (`rm.pooling`, recorded in the saved model's config.json as
 `*ForSequenceClassification` model's own; "mean" makes the score the mean of the
 head's per-token outputs over the completion's tokens (its EOS included, the
 prompt's left out). A rationale that slips in one step then moves the score
-where it slips, instead of only through the last token's hidden state: with a
-few hundred pairs a small RM learns that far more easily (docs/results.md, "RM
-pooling"). Loaded with plain transformers, a "mean" model scores with the last
-token: score with `RewardScorer`.
+where it slips, instead of only through the last token's hidden state. In the
+lab it ranks better on one seed and worse on another, with the same SML
+(docs/results.md, "RM pooling"). Loaded with plain transformers, a "mean" model
+scores with the last token: score with `RewardScorer`.
 """
 from __future__ import annotations
 
