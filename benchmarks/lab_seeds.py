@@ -16,6 +16,7 @@ from pathlib import Path
 from smlearn.evaluate.intervals import bootstrap_difference
 from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.default import run_lab
+from smlearn.lab.report import format_level_gaps
 
 STAGES = ["base", "sft", "rl", "oracle"]
 
@@ -94,10 +95,12 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
 
 def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
     """Per seed: the RM's mean score high / mid / low on held-out questions, per task (n in brackets), and
-    whether high > mid > low holds overall and within each task that has all three levels."""
+    whether high > mid > low holds overall and within each task that has all three levels, and the overall
+    gaps high − mid and mid − low with their 95 % CIs (lab_metrics' heldout_level_gaps)."""
     tasks = next(iter(per_seed.values()))["tasks"]
-    lines = ["| seed | " + " | ".join(f"{t}: high / mid / low (n)" for t in tasks) + " | order holds: overall; per task |",
-             "| --- |" + " --- |" * (len(tasks) + 1)]
+    lines = ["| seed | " + " | ".join(f"{t}: high / mid / low (n)" for t in tasks)
+             + " | order holds: overall; per task | held-out gaps [95 % CI, questions resampled] |",
+             "| --- |" + " --- |" * (len(tasks) + 2)]
 
     def ordered(levels: dict) -> bool | None:
         if not all(k in levels and levels[k].get("mean") is not None for k in ("2", "1", "0")):
@@ -116,7 +119,7 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
         per_task = ", ".join(f"{t} {'yes' if o else 'no'}" for t in tasks
                              if (o := ordered(by_task.get(t) or {})) is not None)
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {'n/a' if overall is None else ('yes' if overall else 'no')}; "
-                     f"{per_task or 'n/a'} |")
+                     f"{per_task or 'n/a'} | {format_level_gaps(rm.get('heldout_level_gaps'))} |")
     return "\n".join(lines)
 
 

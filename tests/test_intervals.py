@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from smlearn.evaluate.intervals import bootstrap_difference, bootstrap_mean, cluster_bootstrap, wilson
+from smlearn.evaluate.intervals import (bootstrap_difference, bootstrap_mean, cluster_bootstrap, cluster_mean_difference,
+                                       wilson)
 
 
 def test_wilson_known_values():
@@ -80,3 +81,24 @@ def test_cluster_bootstrap_is_wider_than_treating_clustered_items_as_independent
     assert cluster_bootstrap([[1.0] * 9, [0.0]])[0] == 0.9
     with pytest.raises(ValueError):
         cluster_bootstrap([[], []])
+
+
+def test_cluster_mean_difference_pools_items_and_resamples_questions():
+    # two questions: a = [3, 1] vs b = [0] and a = [2] vs b = [1, 1]: pooled means 2.0 - 2/3
+    clusters = [([3.0, 1.0], [0.0]), ([2.0], [1.0, 1.0])]
+    point, lo, hi = cluster_mean_difference(clusters)
+    assert point == pytest.approx(2.0 - 2 / 3)
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(2.0)   # resamples: q2 twice 1.0, q1 twice 2.0, mixed 4/3
+    assert cluster_mean_difference(clusters) == (point, lo, hi)    # seeded
+    # a question with items on one side only still counts: it is resampled with the others
+    point, lo, hi = cluster_mean_difference([([1.0], []), ([], [0.0]), ([1.0], [0.0])])
+    assert point == 1.0 and (lo, hi) == (1.0, 1.0)
+    # the same gap, noisy items: no gap at all and a CI that covers 0 and shrinks with more questions
+    rng = random.Random(5)
+    few = [([rng.gauss(0, 2)], [rng.gauss(0, 2)]) for _ in range(10)]
+    many = [([rng.gauss(0, 2)], [rng.gauss(0, 2)]) for _ in range(400)]
+    _, lo_f, hi_f = cluster_mean_difference(few)
+    p_m, lo_m, hi_m = cluster_mean_difference(many)
+    assert lo_m < 0 < hi_m and hi_m - lo_m < (hi_f - lo_f) / 3
+    with pytest.raises(ValueError):
+        cluster_mean_difference([([1.0], []), ([2.0], [])])

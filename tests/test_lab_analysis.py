@@ -11,7 +11,7 @@ from smlearn.config import DataConfig, RunConfig
 from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
 from smlearn.lab.analysis import (analyze, heldout_accuracy_by_task, heldout_accuracy_interval,
-                                  heldout_level_means_by_task, write_metrics)
+                                  heldout_level_gaps, heldout_level_means_by_task, write_metrics)
 from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, report_section, write_lab_report
 from smlearn.lab.stats import rankdata, roc_auc, spearman
 from smlearn.prompts import answer_sentence, completion_text
@@ -334,6 +334,16 @@ def test_report_section_matches_metrics(analyzed):
         assert f"]({p})" in text
 
 
+def test_report_section_shows_the_level_gaps_with_their_intervals(analyzed):
+    lab = json.loads(json.dumps(analyzed[0]))
+    lab["rm"]["heldout_level_gaps"] = {"2-1": {"gap": 2.25, "ci": [1.5, 3.0], "n": [2, 1], "questions": 2},
+                                       "1-0": None}
+    assert ("- held-out mean-score gaps between levels (95 % CI, questions resampled): "
+            "high − mid +2.25 [+1.50, +3.00], mid − low n/a") in report_section(lab)
+    lab["rm"]["heldout_level_gaps"] = None
+    assert "questions resampled): n/a" in report_section(lab)
+
+
 def test_write_lab_report_replaces_previous_section(analyzed, fake_run):
     m, _ = analyzed
     run = fake_run["run"]
@@ -433,3 +443,15 @@ def test_rm_heldout_accuracy_by_task(tmp_path):
         "arithmetic": {"2": {"n": 1, "mean": 2.0}, "1": {"n": 1, "mean": -1.0}},
         "coins": {"2": {"n": 1, "mean": 0.5}, "0": {"n": 2, "mean": 0.5}}}
     assert heldout_level_means_by_task(Run(tmp_path / "empty", RunConfig())) is None
+    # the gaps between level means, held-out only, with CIs resampling questions: high (0.5, 2.0) - mid (-1.0)
+    # = 2.25; resamples with a mid: arithmetic twice (3.0) or both (2.25). mid - low = -1.0 - 0.5 = -1.5,
+    # and only a resample holding both questions has both levels.
+    gaps = heldout_level_gaps(run)
+    assert gaps["2-1"]["gap"] == pytest.approx(2.25) and gaps["2-1"]["n"] == [2, 1] and gaps["2-1"]["questions"] == 2
+    assert gaps["2-1"]["ci"] == pytest.approx([2.25, 3.0])
+    assert gaps["1-0"]["gap"] == pytest.approx(-1.5) and gaps["1-0"]["ci"] == pytest.approx([-1.5, -1.5])
+    write_jsonl(run.path("rm", "scores.jsonl"), [
+        {"question_id": "coins-train-1", "split": "heldout", "level": 2, "score": 0.5, "rationale_ids": ["c1"]},
+        {"question_id": "coins-train-1", "split": "heldout", "level": 0, "score": 1.0, "rationale_ids": ["r1"]}])
+    assert heldout_level_gaps(run) == {"2-1": None, "1-0": None}          # no mid held out: neither gap
+    assert heldout_level_gaps(Run(tmp_path / "empty", RunConfig())) is None

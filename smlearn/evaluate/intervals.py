@@ -12,6 +12,8 @@
   several pairs share a question and are not independent). It resamples whole clusters, so a question with
   many pairs does not pass for many independent trials; the statistic is the pooled share over all items,
   the same as the point estimate.
+- `cluster_mean_difference`: the same resampling for a difference of two pooled means over clustered items
+  (a reward model's mean score on mid rationales minus low ones, held-out questions as the clusters).
 """
 from __future__ import annotations
 
@@ -87,5 +89,28 @@ def cluster_bootstrap(clusters: Sequence[Sequence[float]], resamples: int = 2000
     for _ in range(resamples):
         picks = [rng.randrange(k) for _ in range(k)]
         stats.append(sum(sums[i] for i in picks) / sum(sizes[i] for i in picks))
+    stats.sort()
+    return point, stats[int(0.025 * (resamples - 1))], stats[int(math.ceil(0.975 * (resamples - 1)))]
+
+
+def cluster_mean_difference(clusters: Sequence[tuple[Sequence[float], Sequence[float]]], resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float, float]:
+    """(mean of every a item - mean of every b item, 2.5 %, 97.5 %): `clusters[q]` = (q's a values, q's b
+    values), e.g. one held-out question's RM scores of mid and of low rationales. Whole clusters are
+    resampled; a resample with no a or no b item is drawn again."""
+    clusters = [(list(a), list(b)) for a, b in clusters if len(a) or len(b)]
+    if not any(a for a, _ in clusters) or not any(b for _, b in clusters):
+        raise ValueError("no items on one side")
+    sa, na = [sum(a) for a, _ in clusters], [len(a) for a, _ in clusters]
+    sb, nb = [sum(b) for _, b in clusters], [len(b) for _, b in clusters]
+    point = sum(sa) / sum(na) - sum(sb) / sum(nb)
+    rng = random.Random(seed)
+    k = len(clusters)
+    stats: list[float] = []
+    while len(stats) < resamples:
+        picks = [rng.randrange(k) for _ in range(k)]
+        n_a, n_b = sum(na[i] for i in picks), sum(nb[i] for i in picks)
+        if n_a and n_b:
+            stats.append(sum(sa[i] for i in picks) / n_a - sum(sb[i] for i in picks) / n_b)
     stats.sort()
     return point, stats[int(0.025 * (resamples - 1))], stats[int(math.ceil(0.975 * (resamples - 1)))]

@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from smlearn.evaluate.intervals import cluster_bootstrap
+from smlearn.evaluate.intervals import cluster_bootstrap, cluster_mean_difference
 from smlearn.collect import levels as collect_levels
 from smlearn.collect.levels import pair_answer
 from smlearn.io import read_json, read_jsonl, write_json
@@ -187,20 +187,56 @@ def heldout_accuracy_by_task(run) -> dict[str, dict] | None:
     return {task: {"n": len(w), "accuracy": sum(w) / len(w)} for task, w in sorted(wins.items())}
 
 
+def _heldout_scores_by_question(run) -> dict[str, dict[str, list[float]]] | None:
+    """{question id: {level: the RM's scores}} for the held-out questions, from rm/scores.jsonl (None when
+    the run has no RM scores)."""
+    path = run.path("rm", "scores.jsonl")
+    if not path.exists():
+        return None
+    by_question: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in read_jsonl(path):
+        if row.get("split") == "heldout" and row.get("level") is not None:
+            by_question[str(row["question_id"])][str(row["level"])].append(float(row["score"]))
+    return by_question
+
+
 def heldout_level_means_by_task(run) -> dict[str, dict] | None:
     """The RM's mean score per task and level (high 2 / mid 1 / low 0) on held-out questions, from
     rm/scores.jsonl. The overall level means mix tasks whose scores sit on different levels (coins' wrong
     rationales far below arithmetic's), so an overall mid-over-low can come from the task mix alone; per task
     it cannot."""
-    path = run.path("rm", "scores.jsonl")
-    if not path.exists():
+    by_question = _heldout_scores_by_question(run)
+    if by_question is None:
         return None
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in read_jsonl(path):
-        if row.get("split") == "heldout" and row.get("level") is not None:
-            scores[task_of(str(row["question_id"]))][str(row["level"])].append(float(row["score"]))
+    for qid, levels in by_question.items():
+        for level, values in levels.items():
+            scores[task_of(qid)][level].extend(values)
     return {task: {level: {"n": len(v), "mean": mean(v)} for level, v in sorted(levels.items(), reverse=True)}
             for task, levels in sorted(scores.items())}
+
+
+LEVEL_GAPS = (("2", "1"), ("1", "0"))      # high - mid, mid - low: the two steps of "high > mid > low"
+
+
+def heldout_level_gaps(run) -> dict[str, dict | None] | None:
+    """The RM's held-out mean score of one level minus the next (high - mid, mid - low), each with a 95 % CI
+    resampling held-out questions: the mid and low means rest on 10-25 rationales a seed (sd ~2), so the
+    sign of a gap says little without its interval. None for a gap whose levels are not both held out."""
+    by_question = _heldout_scores_by_question(run)
+    if by_question is None:
+        return None
+    out: dict[str, dict | None] = {}
+    for a, b in LEVEL_GAPS:
+        clusters = [(levels.get(a, []), levels.get(b, [])) for levels in by_question.values()]
+        n_a, n_b = sum(len(x) for x, _ in clusters), sum(len(y) for _, y in clusters)
+        if not n_a or not n_b:
+            out[f"{a}-{b}"] = None
+            continue
+        gap, lo, hi = cluster_mean_difference(clusters)
+        out[f"{a}-{b}"] = {"gap": gap, "ci": [lo, hi], "n": [n_a, n_b],
+                           "questions": sum(1 for x, y in clusters if x or y)}
+    return out
 
 
 def heldout_accuracy_interval(run) -> dict[str, Any] | None:
@@ -232,6 +268,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
     out["heldout_accuracy_by_task"] = heldout_accuracy_by_task(run)
     out["heldout_interval"] = heldout_accuracy_interval(run)
     out["heldout_levels_by_task"] = heldout_level_means_by_task(run)
+    out["heldout_level_gaps"] = heldout_level_gaps(run)
     level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
     plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
 

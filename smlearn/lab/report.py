@@ -37,6 +37,15 @@ def _interval(found: dict | None) -> str:
     return f" [95 % CI {lo:.2f}–{hi:.2f}, {found['questions']} questions resampled]"
 
 
+def format_level_gaps(gaps: dict | None) -> str:
+    """'high − mid +1.23 [0.40, 2.01], mid − low −0.05 [−1.10, 0.98]': held-out mean-score gaps with their CIs."""
+    if not gaps:
+        return "n/a"
+    names = {"2-1": "high − mid", "1-0": "mid − low"}
+    return ", ".join(f"{names.get(k, k)} " + (f"{g['gap']:+.2f} [{g['ci'][0]:+.2f}, {g['ci'][1]:+.2f}]" if g else "n/a")
+                     for k, g in gaps.items())
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
@@ -102,6 +111,8 @@ def report_section(lab: dict) -> str:
               "- held-out pairwise accuracy by task: " + (", ".join(
                   f"{task} {fmt(v['accuracy'])} ({v['n']} pairs)"
                   for task, v in (rm.get("heldout_accuracy_by_task") or {}).items()) or "n/a"),
+              "- held-out mean-score gaps between levels (95 % CI, questions resampled): "
+              + format_level_gaps(rm.get("heldout_level_gaps")),
               f"- RM score over the training completions: mean {fmt(rm.get('score_mean'))}, "
               f"std {fmt(rm.get('score_std'))}", ""]
     levels = rm.get("levels") or {}
