@@ -24,7 +24,6 @@ scores with the last token: score with `RewardScorer`.
 from __future__ import annotations
 
 import contextlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -73,7 +72,7 @@ def _score_head(model) -> torch.nn.Module:
     return modules[min(names, key=len)]
 
 
-@contextmanager
+@contextlib.contextmanager
 def mean_pooled(model, completion_mask: torch.Tensor):
     """Within the block the model's sequence score is the mean of its head's per-token outputs over
     `completion_mask` [B, T] (True at the tokens to average). The head's output is replaced by that mean at
