@@ -69,6 +69,8 @@ class GenerateConfig:
     max_new_tokens: int = 128
     batch_size: int = 16
     seed: int = 0
+    rm_split: str | None = None       # a further data split: its first rm_questions questions get rationales for the RM only
+    rm_questions: int = 0             # how many (0: none; the RM trains and is evaluated on the training questions' pairs)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class CollectConfig:
     pairs: str = "right_over_wrong"   # right_over_wrong (high over mid/low) or all_levels (mid over low too)
     answer_max_new_tokens: int = 12   # hint-free final answer step
     batch_size: int = 32
-    heldout_fraction: float = 0.1     # of the questions with pairs: their pairs are held out for RM evaluation
+    heldout_fraction: float = 0.1     # of the questions with pairs (the RM-only ones when there are any): held out to evaluate the RM
     seed: int = 0
 
 
@@ -320,6 +322,14 @@ class RunConfig:
         for name in ("sft.warmup_ratio", "sft.lora.dropout", "rm.lora.dropout"):
             if _get(self, name) >= 1:
                 raise ConfigError(f"{name}: must be in [0, 1), got {_get(self, name)!r}")
+        if self.generate.rm_questions < 0:
+            raise ConfigError(f"generate.rm_questions: must be >= 0, got {self.generate.rm_questions!r}")
+        if self.generate.rm_questions and not self.generate.rm_split:
+            raise ConfigError("generate.rm_split: required when generate.rm_questions > 0 (the data split the "
+                              "reward model's extra questions come from, e.g. rl)")
+        if self.generate.rm_split in ("train", self.data.train_split, "test", self.data.test_split):
+            raise ConfigError(f"generate.rm_split: '{self.generate.rm_split}' is the training or the test split; "
+                              "the reward model's extra questions must come from another split")
         if not 0 <= self.collect.heldout_fraction < 1:
             raise ConfigError(f"collect.heldout_fraction: must be in [0, 1), got {self.collect.heldout_fraction!r}")
         return self

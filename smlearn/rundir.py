@@ -79,7 +79,8 @@ _ROUND_FIELDS = {"generate": "generator_fingerprint", "sft": "init_fingerprint"}
 
 # Fields added after runs existed, with the default that behaves as before: they enter the fingerprint only
 # when set otherwise, so a finished run keeps its fingerprint (and is not re-run) after an upgrade.
-_ADDED_FIELDS = {("rm", "lm_coef"): 0.0, ("rm", "pooling"): "last"}
+_ADDED_FIELDS = {("rm", "lm_coef"): 0.0, ("rm", "pooling"): "last", ("generate", "rm_split"): None,
+                 ("generate", "rm_questions"): 0}
 
 
 def fingerprint_view(config: RunConfig, stage: str, sections: list[str] | None = None) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def fingerprint(config: RunConfig, stage: str, sections: list[str] | None = None
 
 
 # Stage → the input files it reads itself (besides its config): data splits by name, the exemplar file.
-_INPUTS = {"generate": ["train", "exemplars"], "collect": ["train"], "rl": ["rl"], "eval": ["test"]}
+_INPUTS = {"generate": ["train", "rm", "exemplars"], "collect": ["train", "rm"], "rl": ["rl"], "eval": ["test"]}
 _HASHES: dict[tuple, str] = {}   # (path, size, mtime_ns, inode) -> content hash
 
 
@@ -139,7 +140,9 @@ def input_files(config: RunConfig, stage: str) -> dict[str, Path]:
                 if ex and ex != "builtin" and Path(ex).expanduser().is_file():
                     files["prompts.exemplars"] = Path(ex).expanduser()
                 continue
-            split = config.rl.split if role == "rl" else role
+            if role == "rm" and not (config.generate.rm_split and config.generate.rm_questions):
+                continue
+            split = {"rl": config.rl.split, "rm": config.generate.rm_split}.get(role, role)
             name = {"train": data.train_split, "test": data.test_split}.get(split, split)
             if source is not None and source.is_file():
                 files[f"data {split}"] = source

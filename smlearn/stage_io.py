@@ -21,6 +21,23 @@ def examples(run: Run, split: str) -> list[Example]:
     return load_split(run.config.data, split)
 
 
+def rm_examples(run: Run, train: list[Example] | None = None) -> list[Example]:
+    """The reward model's extra questions: the first generate.rm_questions of generate.rm_split that are not
+    training questions (same id or same question text), [] when none are configured. SFT never sees them; the
+    RL stage leaves them out of its questions when it trains on the same split."""
+    cfg = run.config.generate
+    if not (cfg.rm_split and cfg.rm_questions):
+        return []
+    train = examples(run, "train") if train is None else train
+    ids, texts = {e.id for e in train}, {" ".join(e.question.split()) for e in train}
+    fresh = [e for e in load_split(run.config.data, cfg.rm_split)
+             if e.id not in ids and " ".join(e.question.split()) not in texts]
+    if not fresh:
+        raise SmlearnError(f"generate.rm_split: split '{cfg.rm_split}' has no question that is not a training "
+                           "question; name another split or set generate.rm_questions=0")
+    return fresh[:cfg.rm_questions]
+
+
 # The models a stage starts from, beside rundir.MODELS: `generator` writes and judges the rationales, `init` is
 # where SFT (and rm.init=base) starts. Both are the base model, except in round k >= 2 of a multi-round run
 # (smlearn.rounds), where `round.generator` / `round.init` name round k-1's final model.

@@ -46,12 +46,16 @@ def _task_of(ids: list[str]) -> dict[str, str]:
 
 
 def _questions(root: Path, split: str) -> dict[str, dict[str, Any]]:
-    """id → {question, answer} of a split, when the run's data can still be read."""
+    """id → {question, answer} of a split ("rm": generate.rm_split's), when the run's data can still be read."""
     try:
         from .config import load_config
         from .data import load_split
 
         config = load_config(root / "config.yaml")
+        if split == "rm":           # the reward model's own questions (generate.rm_split), if any
+            if not (config.generate.rm_split and config.generate.rm_questions):
+                return {}
+            split = config.generate.rm_split
         return {e.id: {"question": e.question, "answer": e.answer} for e in load_split(config.data, split)}
     except Exception:  # noqa: BLE001 - data moved, hub offline: the page shows the ids instead
         return {}
@@ -89,7 +93,7 @@ def collect_view_data(root: str | Path) -> dict[str, Any]:
     for row in _jsonl(root / "rm" / "scores.jsonl"):
         for rid in row.get("rationale_ids") or []:
             score_of[rid] = row["score"]
-    train_q = _questions(root, "train") if judged else {}
+    train_q = {**_questions(root, "rm"), **_questions(root, "train")} if judged else {}   # rm: the RM's own
     by_q: dict[str, list[dict[str, Any]]] = {}
     for r in judged:
         by_q.setdefault(r["question_id"], []).append(

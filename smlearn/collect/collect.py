@@ -5,6 +5,10 @@ For every rationale the base model reads the question and the rationale
 is compared with the gold answer to give the rationale its level (levels.py).
 Hinted rationales that leak their hint to this judge are flagged (`hint_leak`).
 The final-answer pass is resumable like generation (`judged.jsonl.partial`).
+The reward model's own questions (`generate.rm_questions`) are judged too; their
+pairs join the RM's and hold its held-out set, and the SFT set and
+collect_stats' totals are the training questions' (collect_stats["rm_questions"]
+counts the others).
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from ..answers import answers_match, extract_answer
 from ..io import ChunkedJsonlWriter, read_jsonl, write_json, write_jsonl
 from ..rundir import Run
 from ..generate.engine import SamplingParams, generate_texts
-from .levels import assign_level, build_pairs, build_sft, collect_stats, hint_leak, split_pairs
+from .levels import (assign_level, build_pairs, build_sft, collect_stats, hint_leak, rm_question_stats,
+                     split_pairs)
 
 
 def _judge_chunk(model, tokenizer, builder, by_id, rows, cfg, options=None) -> list[dict]:
@@ -43,7 +48,8 @@ def collect(run: Run, progress: bool = True) -> dict:
     cfg = run.config.collect
     t0 = time.time()
     items = stage_io.examples(run, "train")
-    by_id = {e.id: e for e in items}
+    rm_items = stage_io.rm_examples(run, items)          # the reward model's extra questions (none by default)
+    by_id = {e.id: e for e in items + rm_items}
     rationales = read_jsonl(run.path("rationales.jsonl"))
     model, tokenizer = stage_io.load_model(run, "generator")     # the model that wrote the rationales
     builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
@@ -69,17 +75,28 @@ def collect(run: Run, progress: bool = True) -> dict:
 
     # SFT and pairs use the zero-shot prompt: that is how trained models are prompted.
     zero_shot = {e.id: builder.cot(e.question, few_shot=run.config.prompts.eval_few_shot_after_training)
-                 for e in items}
+                 for e in by_id.values()}
     gold = {e.id: e.answer for e in items}
-    sft = build_sft(judged, zero_shot, gold, builder.trigger, cfg.max_sft_per_question)
-    pairs = split_pairs(build_pairs(judged, zero_shot, builder.trigger, cfg.max_pairs_per_question, cfg.seed,
-                                    cfg.pairs), cfg.heldout_fraction, cfg.seed)
-    stats = collect_stats(judged, sft, pairs, list(by_id), run.config.data.name or run.config.data.source)
+    train_ids = set(gold)
+    judged_train = [r for r in judged if r["question_id"] in train_ids]
+    sft = build_sft(judged_train, zero_shot, gold, builder.trigger, cfg.max_sft_per_question)
+    pairs = build_pairs(judged, zero_shot, builder.trigger, cfg.max_pairs_per_question, cfg.seed, cfg.pairs)
+    # Held-out questions come from the RM-only questions when there are any: the RM then trains on every
+    # training question's pairs, as SFT does on its rationales.
+    pairs = split_pairs(pairs, cfg.heldout_fraction, cfg.seed,
+                        among={e.id for e in rm_items} if rm_items else None)
+    stats = collect_stats(judged_train, sft, [p for p in pairs if p["question_id"] in train_ids], list(gold),
+                          run.config.data.name or run.config.data.source)
+    if rm_items:
+        stats["rm_questions"] = rm_question_stats(judged, pairs, train_ids, run.config.generate.rm_split)
+        stats["pairs"], stats["pairs_train"], stats["pairs_heldout"] = (
+            len(pairs), sum(p["split"] == "train" for p in pairs), sum(p["split"] == "heldout" for p in pairs))
     write_jsonl(run.path("sft.jsonl"), sft)
     write_jsonl(run.path("pairs.jsonl"), pairs)
     write_json(run.path("collect_stats.json"), stats)
     summary = {"rationales": len(judged), **stats["levels"], "hint_leak": stats["hint_leak"]["count"],
                "sft_examples": len(sft), "pairs": len(pairs),
+               **({"rm_questions": stats["rm_questions"]["questions"]} if rm_items else {}),
                "yield_per_question": round(stats["yield_per_question"], 4), "seconds": round(time.time() - t0, 1),
                **stage_io.round_models(run, "generator")}
     run.mark_done("collect", summary)

@@ -146,13 +146,17 @@ def build_pairs(judged: list[dict[str, Any]], prompts: dict[str, str], trigger: 
     return out
 
 
-def split_pairs(pairs: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+def split_pairs(pairs: list[dict[str, Any]], fraction: float, seed: int,
+                among: set[str] | None = None) -> list[dict[str, Any]]:
     """Hold out the pairs of a seeded `fraction` of the questions that have pairs (they evaluate the RM).
 
     Drawn among questions with pairs, not all questions: on a hard dataset most
     questions have no rationale that reaches the gold answer, hence no pair.
+    `among`: draw only among these questions (the reward model's extra questions, `generate.rm_questions`);
+    every other question's pairs train.
     """
-    heldout = heldout_questions(sorted({p["question_id"] for p in pairs}), fraction, seed)
+    candidates = {p["question_id"] for p in pairs if among is None or p["question_id"] in among}
+    heldout = heldout_questions(sorted(candidates), fraction, seed)
     return [{**p, "split": "heldout" if p["question_id"] in heldout else "train"} for p in pairs]
 
 
@@ -164,6 +168,17 @@ def heldout_questions(question_ids: list[str], fraction: float, seed: int) -> se
     if fraction > 0 and len(ids) >= 2:
         n = max(1, n)
     return set(ids[:n])
+
+
+def rm_question_stats(judged: list[dict[str, Any]], pairs: list[dict[str, Any]], train_ids: set[str],
+                      split: str) -> dict[str, Any]:
+    """The reward model's extra questions (`generate.rm_questions`): how many, their levels and their pairs."""
+    rows = [r for r in judged if r["question_id"] not in train_ids]
+    extra = [p for p in pairs if p["question_id"] not in train_ids]
+    return {"split": split, "questions": len({r["question_id"] for r in rows}), "rationales": len(rows),
+            "levels": {name: sum(1 for r in rows if r["level"] == lvl) for lvl, name in LEVEL_NAMES.items()},
+            "pairs": len(extra), "pairs_train": sum(p["split"] == "train" for p in extra),
+            "pairs_heldout": sum(p["split"] == "heldout" for p in extra)}
 
 
 def hint_leak_stats(judged: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 For each training question the base model writes, with few-shot CoT prompts:
 free CoT samples (no answer shown), rationales conditioned on the gold answer,
 and rationales conditioned on wrong candidates. Output: `rationales.jsonl`.
+The reward model's own questions (`generate.rm_split` / `rm_questions`, none by
+default) get the same samples, after every training question's.
 
 Resumable: requests are laid out in a fixed order and cut into chunks of
 `batch_size`; each chunk is sampled with its own seed (seed, chunk index) and
@@ -93,45 +95,57 @@ def _run_chunks(writer, model, tokenizer, builder, by_id, requests, params, cfg,
 
 
 def generate(run: Run, progress: bool = True) -> dict:
-    """Write `rationales.jsonl` for the training split; returns the stage summary."""
+    """Write `rationales.jsonl` for the training split (and the reward model's extra questions,
+    `stage_io.rm_examples`, after them); returns the stage summary."""
     cfg = run.config.generate
     t0 = time.time()
     items = stage_io.examples(run, "train")
-    by_id = {e.id: e for e in items}
+    rm_items = stage_io.rm_examples(run, items)
+    by_id = {e.id: e for e in items + rm_items}
     model, tokenizer = stage_io.load_model(run, "generator")     # the base model, or round k-1's (smlearn.rounds)
     builder = stage_io.prompt_builder(run, tokenizer, stage_io.dataset_kind(items))
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                             top_p=cfg.top_p, stop_strings=tuple(STOP_STRINGS))
-    n_free = len(items) * cfg.samples_free
-    n_hinted = sum(cfg.samples_gold + n_wrong_candidates(e, cfg.max_wrong_candidates) * cfg.samples_wrong
-                   for e in items)
-    free_chunks, hinted_chunks = _chunks(n_free, cfg.batch_size), _chunks(n_hinted, cfg.batch_size)
+    # Chunks in a fixed order: the training questions' free then hinted samples, then the RM questions' (so
+    # adding RM questions leaves every training rationale as it was).
+    groups = [g for g in (items, rm_items) if g]
+    layout = []
+    for group in groups:
+        n_free = len(group) * cfg.samples_free
+        n_hinted = sum(cfg.samples_gold + n_wrong_candidates(e, cfg.max_wrong_candidates) * cfg.samples_wrong
+                       for e in group)
+        layout.append((_chunks(n_free, cfg.batch_size), _chunks(n_hinted, cfg.batch_size)))
+    sizes = [n for free, hinted in layout for n in free + hinted]
     # Fail before sampling anything if a prompt cannot fit the model's context.
-    check_context(tokenizer, model, [builder.hint(e.question, e.answer) for e in items],
-                  [f"question id {e.id}" for e in items], cfg.max_new_tokens)
-    writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), free_chunks + hinted_chunks,
-                                fingerprint=run.stage_key("generate"))
+    everything = items + rm_items
+    check_context(tokenizer, model, [builder.hint(e.question, e.answer) for e in everything],
+                  [f"question id {e.id}" for e in everything], cfg.max_new_tokens)
+    writer = ChunkedJsonlWriter(run.path("rationales.jsonl"), sizes, fingerprint=run.stage_key("generate"))
     # Several processes (smlearn.dist): chunk c is rank c mod N's; each chunk keeps its own seed.
-    share = sum(n for c, n in enumerate(free_chunks + hinted_chunks) if dist.mine(c))
-    dist.say_share("generate", share, n_free + n_hinted, "rationales")
+    share = sum(n for c, n in enumerate(sizes) if dist.mine(c))
+    dist.say_share("generate", share, sum(sizes), "rationales")
     bar = tqdm(total=share, desc="generate rationales", disable=not progress)
-
-    # Phase 1: free CoT samples (they also supply wrong candidates for numbers and text).
-    _run_chunks(writer, model, tokenizer, builder, by_id, free_requests(items, cfg.samples_free), params, cfg, 0, bar,
-                stage_io.engine_options(run))
-    free_answers: dict[str, list] = {e.id: [] for e in items}
-    dist.barrier()                     # every process's free samples are on disk
-    for row in writer.rows():
-        if row["source"] == "free":
-            free_answers[row["question_id"]].append(row["stated_answer"])
-    # Phase 2: rationalization for the gold answer and for wrong candidates.
     rng = random.Random(cfg.seed)
-    wrong = {e.id: wrong_candidates(e, cfg.max_wrong_candidates, free_answers[e.id], rng) for e in items}
-    _run_chunks(writer, model, tokenizer, builder, by_id, hinted_requests(items, wrong, cfg), params, cfg,
-                len(free_chunks), bar, stage_io.engine_options(run))
+    offset = 0
+    for group, (free_chunks, hinted_chunks) in zip(groups, layout):
+        # Phase 1: free CoT samples (they also supply wrong candidates for numbers and text).
+        _run_chunks(writer, model, tokenizer, builder, by_id, free_requests(group, cfg.samples_free), params, cfg,
+                    offset, bar, stage_io.engine_options(run))
+        free_answers: dict[str, list] = {e.id: [] for e in group}
+        dist.barrier()                     # every process's free samples are on disk
+        for row in writer.rows():
+            if row["source"] == "free" and row["question_id"] in free_answers:
+                free_answers[row["question_id"]].append(row["stated_answer"])
+        # Phase 2: rationalization for the gold answer and for wrong candidates.
+        wrong = {e.id: wrong_candidates(e, cfg.max_wrong_candidates, free_answers[e.id], rng) for e in group}
+        _run_chunks(writer, model, tokenizer, builder, by_id, hinted_requests(group, wrong, cfg), params, cfg,
+                    offset + len(free_chunks), bar, stage_io.engine_options(run))
+        offset += len(free_chunks) + len(hinted_chunks)
     bar.close()
     rows = writer.finish()
-    summary = {"questions": len(items), "rationales": len(rows), "free": n_free, "hinted": n_hinted,
+    n_free = sum(sum(free) for free, _ in layout)
+    summary = {"questions": len(items), "rationales": len(rows), "free": n_free, "hinted": len(rows) - n_free,
+               **({"rm_questions": len(rm_items)} if rm_items else {}),
                "seconds": round(time.time() - t0, 1), **stage_io.round_models(run, "generator")}
     run.mark_done("generate", summary)
     return summary

@@ -67,7 +67,7 @@ def _data_file(run, split: str) -> Path | None:
     if source.is_file():
         return source
     if source.is_dir():
-        name = run.config.data.train_split if split == "train" else run.config.data.test_split
+        name = {"train": run.config.data.train_split, "test": run.config.data.test_split}.get(split, split)
         for candidate in (f"{name}.jsonl", f"{name}.json", f"{split}.jsonl"):
             if (source / candidate).exists():
                 return source / candidate
@@ -276,6 +276,8 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
     if not judged_path.exists():
         return out, plot
     examples = raw_rows(run, "train")
+    if run.config.generate.rm_split and run.config.generate.rm_questions:   # the RM's extra questions' rationales
+        examples = {**raw_rows(run, run.config.generate.rm_split), **examples}
     prompts = {}
     pairs_path = run.path("pairs.jsonl")
     if pairs_path.exists():

@@ -106,9 +106,13 @@ def standardise_value_head(value_model, mean: float, std: float) -> None:
 
 def rl_questions(run: Run) -> tuple[list, list]:
     """(questions RL trains on, held-out questions for greedy accuracy during RL): the last
-    rl.eval_questions of rl.split are held out."""
+    rl.eval_questions of rl.split are held out. The reward model's extra questions (generate.rm_questions,
+    when they come from rl.split) are left out: the RM was trained or evaluated on their rationales."""
     cfg = run.config.rl
     items = stage_io.examples(run, "train") if cfg.split == "train" else load_split(run.config.data, cfg.split)
+    if cfg.split != "train" and cfg.split == run.config.generate.rm_split:
+        rm_ids = {e.id for e in stage_io.rm_examples(run)}
+        items = [e for e in items if e.id not in rm_ids]
     n_eval = min(cfg.eval_questions, max(0, len(items) - 1))
     return (items[:len(items) - n_eval], items[len(items) - n_eval:]) if n_eval else (items, [])
 
