@@ -62,6 +62,13 @@ def test_rm_questions_feed_the_reward_model_only(tmp_path, tiny_base, data_with_
     assert stats["rm_questions"]["rationales"] == sum(r["question_id"] in rm_ids for r in b)
     assert stats["pairs"] == len(pairs) and stats["pairs_heldout"] == sum(p["split"] == "heldout" for p in pairs)
     assert extra.summary("generate")["rm_questions"] == 20
+    summary = extra.summary("collect")        # the console line: training rationales; the RM's apart
+    assert summary["rationales"] == len(a) and summary["high"] + summary["mid"] + summary["low"] == len(a)
+    assert summary["rm_questions"] == 20 and summary["rm_rationales"] == len(b) - len(a)
+    from smlearn.report.report import collection_section
+
+    line = [x for x in collection_section(stats) if "reward model's own questions" in x]
+    assert line and f"extra split; no SFT, no RL): 20, rationales judged {len(b) - len(a)}" in line[0]
 
     from smlearn.train.rl import rl_questions
 

@@ -94,9 +94,10 @@ def collect(run: Run, progress: bool = True) -> dict:
     write_jsonl(run.path("sft.jsonl"), sft)
     write_jsonl(run.path("pairs.jsonl"), pairs)
     write_json(run.path("collect_stats.json"), stats)
-    summary = {"rationales": len(judged), **stats["levels"], "hint_leak": stats["hint_leak"]["count"],
+    summary = {"rationales": len(judged_train), **stats["levels"], "hint_leak": stats["hint_leak"]["count"],
                "sft_examples": len(sft), "pairs": len(pairs),
-               **({"rm_questions": stats["rm_questions"]["questions"]} if rm_items else {}),
+               **({"rm_questions": stats["rm_questions"]["questions"],
+                   "rm_rationales": stats["rm_questions"]["rationales"]} if rm_items else {}),
                "yield_per_question": round(stats["yield_per_question"], 4), "seconds": round(time.time() - t0, 1),
                **stage_io.round_models(run, "generator")}
     run.mark_done("collect", summary)

@@ -34,11 +34,23 @@ def collection_section(stats: dict) -> list[str]:
              f"- questions with at least one high rationale: {stats['questions_with_high']} "
              f"(yield {stats['yield_per_question']:.4f}); high per question {stats['high_per_question_mean']:.2f}",
              f"- SFT examples: {stats['sft_examples']}; preference pairs: {stats['pairs']} "
-             f"(train {stats['pairs_train']}, held-out {stats['pairs_heldout']})", "",
+             f"(train {stats['pairs_train']}, held-out {stats['pairs_heldout']})", *_rm_question_lines(stats), "",
              "| source | high | mid | low |", "| --- | --- | --- | --- |"]
     for source, counts in sorted(stats["levels_by_source"].items()):
         lines.append(f"| {source} | {counts['high']} | {counts['mid']} | {counts['low']} |")
     return lines
+
+
+def _rm_question_lines(stats: dict) -> list[str]:
+    """The reward model's own questions (generate.rm_questions): not in the counts above but in the pairs."""
+    rq = stats.get("rm_questions")
+    if not rq:
+        return []
+    lv = rq["levels"]
+    return [f"- the reward model's own questions ({rq['split']} split; no SFT, no RL): {rq['questions']}, "
+            f"rationales judged {rq['rationales']} (high {lv['high']}, mid {lv['mid']}, low {lv['low']}); "
+            f"their pairs {rq['pairs']} (train {rq['pairs_train']}, held-out {rq['pairs_heldout']}), "
+            f"counted in the preference pairs above"]
 
 
 def rm_section(rm: dict) -> list[str]:
