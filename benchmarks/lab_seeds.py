@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from smlearn.evaluate.intervals import bootstrap_difference
+from smlearn.evaluate.intervals import bootstrap_difference, t_interval
 from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.default import run_lab
 from smlearn.lab.report import format_level_gaps
@@ -47,6 +47,14 @@ def _level_means(levels: dict | None, digits: int = 3) -> str:
 def _ci(found: dict | None) -> str:
     """' [lo, hi]': the held-out accuracy's 95 % CI, questions resampled (lab_metrics' heldout_interval)."""
     return f" [{found['ci'][0]:.2f}, {found['ci'][1]:.2f}]" if found else ""
+
+
+def _ordered(levels: dict | None) -> bool | None:
+    """high > mid > low on these level means; None when a level has no score."""
+    levels = levels or {}
+    if not all(k in levels and levels[k].get("mean") is not None for k in ("2", "1", "0")):
+        return None
+    return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
 
 
 def per_seed_table(per_seed: dict[int, dict]) -> str:
@@ -102,11 +110,6 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
              + " | order holds: overall; per task | held-out gaps [95 % CI, questions resampled] |",
              "| --- |" + " --- |" * (len(tasks) + 2)]
 
-    def ordered(levels: dict) -> bool | None:
-        if not all(k in levels and levels[k].get("mean") is not None for k in ("2", "1", "0")):
-            return None
-        return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
-
     for seed, m in per_seed.items():
         rm = m.get("rm") or {}
         by_task = rm.get("heldout_levels_by_task") or {}
@@ -115,12 +118,52 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
             lv = by_task.get(t) or {}
             cells.append(f"{_level_means(lv, digits=2)} (" + "/".join(str(lv[k]["n"]) if k in lv else "0"
                                                                     for k in ("2", "1", "0")) + ")")
-        overall = ordered(rm.get("heldout_levels") or {})
+        overall = _ordered(rm.get("heldout_levels") or {})
         per_task = ", ".join(f"{t} {'yes' if o else 'no'}" for t in tasks
-                             if (o := ordered(by_task.get(t) or {})) is not None)
+                             if (o := _ordered(by_task.get(t))) is not None)
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {'n/a' if overall is None else ('yes' if overall else 'no')}; "
                      f"{per_task or 'n/a'} | {format_level_gaps(rm.get('heldout_level_gaps'))} |")
     return "\n".join(lines)
+
+
+def over_seeds_table(per_seed: dict[int, dict]) -> str:
+    """Per task and over all tasks: mean accuracy over seeds of SFT, SML and the oracle, and SML − SFT with a
+    95 % t-interval over the per-seed differences (seeds as the unit), then each seed's difference."""
+    tasks = next(iter(per_seed.values()))["tasks"] + ["all"]
+    lines = ["| task | SFT | SML | oracle | SML − SFT, points, mean [95 % t-CI over seeds] | per seed |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    for task in tasks:
+        def acc(stage: str) -> list[float]:
+            return [m["accuracy"][stage][task]["accuracy"] for m in per_seed.values() if stage in m["accuracy"]]
+        diffs = [100 * (m["accuracy"]["rl"][task]["accuracy"] - m["accuracy"]["sft"][task]["accuracy"])
+                 for m in per_seed.values()]
+        if len(diffs) > 1:
+            mean, lo, hi = t_interval(diffs)
+            ci = f"**{mean:+.1f}** [{lo:+.1f}, {hi:+.1f}]"
+        else:
+            ci = f"**{diffs[0]:+.1f}** (one seed)"
+        means = " | ".join(f"{statistics.fmean(v):.4f}" if (v := acc(stage)) else "n/a"
+                           for stage in ("sft", "rl", "oracle"))
+        lines.append(f"| {task} | {means} | {ci} | " + " / ".join(f"{d:+.1f}" for d in diffs) + " |")
+    return "\n".join(lines)
+
+
+def rm_targets(per_seed: dict[int, dict], threshold: float = 0.70) -> str:
+    """How many seeds meet the RM targets: held-out pairwise accuracy >= threshold, and mean score
+    high > mid > low on the held-out questions' rationales and on all scored ones; the misses named."""
+    def count(name: str, passed: dict[int, bool | None]) -> str:
+        known = {s: p for s, p in passed.items() if p is not None}
+        misses = [str(s) for s, p in known.items() if not p]
+        return (f"- {name}: **{sum(known.values())} of {len(known)}** seeds"
+                + (f" (misses: seed {', '.join(misses)})" if misses else ""))
+    rms = {s: m.get("rm") or {} for s, m in per_seed.items()}
+    held = {s: (None if rm.get("heldout_accuracy") is None else rm["heldout_accuracy"] >= threshold)
+            for s, rm in rms.items()}
+    return "\n".join([count(f"RM held-out pairwise accuracy ≥ {threshold:.2f}", held),
+                      count("RM mean score high > mid > low, held-out questions",
+                            {s: _ordered(rm.get("heldout_levels")) for s, rm in rms.items()}),
+                      count("RM mean score high > mid > low, every scored rationale",
+                            {s: _ordered(rm.get("levels")) for s, rm in rms.items()})])
 
 
 def _correct(run_dir: Path, model: str) -> dict[str, float] | None:
@@ -172,6 +215,7 @@ def main() -> None:
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
           f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
           f"{difference_table(Path(args.out), args.seeds, next(iter(per_seed.values()))['tasks'])}\n\n"
+          f"Over the seeds (seeds as the unit):\n\n{over_seeds_table(per_seed)}\n\n{rm_targets(per_seed)}\n\n"
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
           f"per task and level:\n\n{step_fraction_table(per_seed)}\n\nRM mean score on held-out questions, per task "
           f"and level:\n\n{level_means_by_task_table(per_seed)}\n")

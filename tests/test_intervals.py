@@ -6,7 +6,7 @@ import random
 import pytest
 
 from smlearn.evaluate.intervals import (bootstrap_difference, bootstrap_mean, cluster_bootstrap, cluster_mean_difference,
-                                       wilson)
+                                       t_interval, wilson)
 
 
 def test_wilson_known_values():
@@ -17,6 +17,20 @@ def test_wilson_known_values():
     lo, hi = wilson(10, 10)
     assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_t_interval_known_values():
+    # 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776 -> 3 ± 2.776 * 1.5811 / sqrt(5) = 3 ± 1.963
+    mean, lo, hi = t_interval([1, 2, 3, 4, 5])
+    assert mean == 3 and lo == pytest.approx(1.037, abs=1e-3) and hi == pytest.approx(4.963, abs=1e-3)
+    mean, lo, hi = t_interval([2.0, 4.0])                           # df 1: t = 12.706, sd sqrt(2)
+    assert (mean, lo, hi) == pytest.approx((3.0, 3 - 12.706, 3 + 12.706))
+    many = [float(i % 7) for i in range(50)]                        # df > 30: the normal value
+    m, lo, hi = t_interval(many)
+    sd = (sum((v - m) ** 2 for v in many) / 49) ** 0.5
+    assert hi - m == pytest.approx(1.959964 * sd / 50 ** 0.5, rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        t_interval([1.0])
 
 
 def test_bootstrap_mean_brackets_the_mean_and_narrows_with_more_questions():

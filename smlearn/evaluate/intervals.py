@@ -14,6 +14,9 @@
   the same as the point estimate.
 - `cluster_mean_difference`: the same resampling for a difference of two pooled means over clustered items
   (a reward model's mean score on mid rationales minus low ones, held-out questions as the clusters).
+- `t_interval`: many seeds, one number each (SML − SFT accuracy of a seed): the Student-t interval of their
+  mean, seeds as the unit. It answers "would another seed land here", which the two-level bootstrap above,
+  coarse with few seeds, answers less well once there are ten or more.
 """
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ import random
 from typing import Sequence
 
 Z95 = 1.959963984540054
+
+# Two-sided 95 % Student-t critical values t(0.975, df) for df = 1..30; beyond 30 the normal Z95 is within 2 %.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -33,6 +40,17 @@ def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, 2.5 %, 97.5 %) of independent values (one per seed): mean ± t(0.975, n − 1) · sd / √n."""
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a t-interval needs at least 2 values, got {n}")
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (T975[n - 2] if n - 1 <= len(T975) else Z95) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def _check(per_seed: Sequence[Sequence[float]]) -> int:
