@@ -301,8 +301,9 @@ def lab_run_config(model_dir: Path, data_dir: Path, settings: LabSettings | None
         # The reward model's own questions: M0's rationales on 450 fresh answered questions of the RL pool
         # (left out of RL's), judged like the training questions' and never shown to SFT; a third of those
         # with pairs are the RM's held-out set, the rest train it beside every training question's pairs.
-        # The RM is data-limited (docs/results.md, "The reward model's own questions"): on the 150 training
-        # questions alone it ranked fresh questions at 0.55-0.85 over seven seeds.
+        # The RM is data-limited: on the 150 training questions' pairs alone its held-out accuracy missed 0.70
+        # on 2 of 15 seeds; with its own questions it met it on 7 of 7, SML's margin over SFT unchanged
+        # (docs/results.md, "The RL stage: the reward model's own questions").
         "generate": {"samples_gold": 2, "samples_wrong": 1, "max_wrong_candidates": 1, "samples_free": 2,
                      "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 150, "batch_size": 64,
                      "rm_split": "rl", "rm_questions": rm_questions},
