@@ -118,7 +118,7 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
             lv = by_task.get(t) or {}
             cells.append(f"{_level_means(lv, digits=2)} (" + "/".join(str(lv[k]["n"]) if k in lv else "0"
                                                                     for k in ("2", "1", "0")) + ")")
-        overall = _ordered(rm.get("heldout_levels") or {})
+        overall = _ordered(rm.get("heldout_levels"))
         per_task = ", ".join(f"{t} {'yes' if o else 'no'}" for t in tasks
                              if (o := _ordered(by_task.get(t))) is not None)
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {'n/a' if overall is None else ('yes' if overall else 'no')}; "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from typing import Sequence
 
 Z95 = 1.959963984540054
@@ -47,8 +48,7 @@ def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     n = len(values)
     if n < 2:
         raise ValueError(f"a t-interval needs at least 2 values, got {n}")
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
     half = (T975[n - 2] if n - 1 <= len(T975) else Z95) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
 
