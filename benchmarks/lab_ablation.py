@@ -2,6 +2,7 @@
 
     python benchmarks/lab_seeds.py --seeds 0 1 2 --out runs/lab-seeds        # first: the SML runs
     python benchmarks/lab_ablation.py --seeds 0 1 2 --runs runs/lab-seeds --out runs/lab-ablation
+    python benchmarks/lab_ablation.py --seeds 0 1 2 3 --runs runs/lab-seeds --out runs/lab-ablation --summarize-only
 
 Each variant starts from the seed's finished lab run (its config, SFT model and reward model), redoes only
 the RL stage with the variant's overrides (rl.steps x rl.rollout_batch_size rollouts, as the default) and
@@ -13,7 +14,10 @@ evaluates the RL model on the test split. Variants:
 - sml_ppo:   PPO (ours) with the SML reward (RM + gold correction);
 - sml_grpo:  GRPO (TRL) with the SML reward: the default job's own RL model.
 
-The table (mean ± sd over seeds of test accuracy per task) goes to <out>/ablation.md and .json.
+The tables go to <out>/ablation.md and .json: test accuracy per task (mean ± sd over each variant's seeds),
+then each variant minus SML-GRPO (the default job's RL), paired by seed: mean points with a 95 % Student-t
+interval over the seeds both have, and each seed's difference. A variant's seeds may be a superset of
+another's (e.g. gold_only on more seeds than PPO); a later call with every seed reads the finished runs.
 """
 from __future__ import annotations
 
@@ -28,20 +32,25 @@ from smlearn import pipeline
 from smlearn.io import read_jsonl, write_json, write_text
 from smlearn.lab.analysis import accuracy_by_task
 from smlearn.config import load_config
+from smlearn.evaluate.intervals import t_interval
 
 TASKS = ["arithmetic", "objects", "coins"]
 VARIANTS = {"sft": None, "gold_only": ["rl.rm_weight=0"], "rm_only": ["rl.correction.enabled=false"],
             "sml_ppo": ["rl.algorithm=ppo"], "sml_grpo": []}
 
 
-def variant_accuracy(source: Path, out: Path, seed: int, name: str, extra: list[str]) -> dict:
-    """Test accuracy per task of one variant (reusing the source run where the variant is its own)."""
+def variant_accuracy(source: Path, out: Path, seed: int, name: str, extra: list[str],
+                     run: bool = True) -> dict | None:
+    """Test accuracy per task of one variant (reusing the source run where the variant is its own); with
+    run=False, None where the variant's run is not finished instead of running it."""
     stage = "sft" if VARIANTS[name] is None else "rl"
     if VARIANTS[name] is None or not extra:          # SFT, or the default job's own RL model
         rows = read_jsonl(source / "eval" / stage / "predictions.jsonl")
     else:
         target = out / f"seed{seed}" / name
         if not (target / "eval" / "rl" / "predictions.jsonl").exists():
+            if not run:
+                return None
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("rl", "oracle", "*.png"))
             # The source run's own config (its data, models and settings), with the variant's RL overrides: the
@@ -55,14 +64,37 @@ def variant_accuracy(source: Path, out: Path, seed: int, name: str, extra: list[
 
 def table(results: dict[str, dict[int, dict]]) -> str:
     cols = [*TASKS, "all"]
-    lines = ["| variant | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    lines = ["| variant | seeds | " + " | ".join(cols) + " |", "| --- | --- |" + " --- |" * len(cols)]
     for name, per_seed in results.items():
         cells = []
         for task in cols:
             values = [acc[task] for acc in per_seed.values()]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.4f} ± {sd:.4f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(results: dict[str, dict[int, dict]], reference: str = "sml_grpo") -> str:
+    """Each variant minus the reference, paired by seed (the seeds both have): mean points [95 % t-CI over
+    seeds] per task, and each seed's difference in points."""
+    cols = [*TASKS, "all"]
+    lines = [f"| variant − {reference}, points | seeds | " + " | ".join(cols) + " |",
+             "| --- | --- |" + " --- |" * len(cols)]
+    for name, per_seed in results.items():
+        seeds = sorted(set(per_seed) & set(results.get(reference, {})))
+        if name == reference or not seeds:
+            continue
+        cells = []
+        for task in cols:
+            diffs = [100 * (per_seed[s][task] - results[reference][s][task]) for s in seeds]
+            if len(diffs) > 1:
+                mean, lo, hi = t_interval(diffs)
+                head = f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            else:
+                head = f"{diffs[0]:+.1f}"
+            cells.append(head + " (" + " / ".join(f"{d:+.0f}" for d in diffs) + ")")
+        lines.append(f"| {name} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -74,6 +106,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=None,
                    help="RL steps for every RL variant, the default job's RL included (re-run): a smaller equal budget")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="run nothing: the tables over the variant runs already finished under --out")
     args = p.parse_args()
     if args.steps is not None:
         for name, extra in VARIANTS.items():
@@ -88,13 +122,20 @@ def main() -> None:
             raise SystemExit(f"{source}: no finished lab run; run benchmarks/lab_seeds.py --seeds {seed} first")
         for name in args.variants:
             t0 = time.time()
-            results[name][seed] = variant_accuracy(source, out, seed, name, VARIANTS[name] or [])
+            found = variant_accuracy(source, out, seed, name, VARIANTS[name] or [], run=not args.summarize_only)
+            if found is None:
+                continue
+            results[name][seed] = found
             seconds[name][seed] = round(time.time() - t0, 1)
             print(f"[ablation] seed {seed} {name}: {json.dumps(results[name][seed])} ({seconds[name][seed]} s)",
                   flush=True)
+    results = {name: per_seed for name, per_seed in results.items() if per_seed}
     budget = f"{args.steps} RL steps" if args.steps else "the default job's RL budget"
     md = (f"Seeds {args.seeds}; test accuracy, mean ± sd over seeds; every RL variant has the same rollout "
           f"budget ({budget})\n\n{table(results)}\n")
+    if "sml_grpo" in results and len(results) > 1:
+        md += (f"\nPaired by seed against SML-GRPO (the default job's RL): mean [95 % t-CI over seeds] "
+               f"(per seed)\n\n{paired_table(results)}\n")
     write_text(out / "ablation.md", md)
     write_json(out / "ablation.json", {"seeds": args.seeds, "accuracy": results, "seconds": seconds})
     print(md)
