@@ -13,8 +13,10 @@ import statistics
 import time
 from pathlib import Path
 
+from smlearn.collect.levels import hint_use_stats
 from smlearn.evaluate.intervals import bootstrap_difference, t_interval
 from smlearn.io import read_json, read_jsonl, write_json, write_text
+from smlearn.lab.analysis import task_of
 from smlearn.lab.default import run_lab
 from smlearn.lab.report import format_level_gaps
 
@@ -97,6 +99,30 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
         by_task = (m.get("rm") or {}).get("step_fraction_by_task_level") or {}
         cells = [" / ".join(f"{by_task[t][k]['mean']:.2f}" if t in by_task and k in by_task[t] else "n/a"
                             for k in ("2", "1", "0")) for t in tasks]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hint_use_table(out: Path, seeds: list[int], tasks: list[str]) -> str:
+    """Per seed and task: the share of judged rationales reaching the gold answer, gold-hinted / free /
+    wrong-hinted, and gold-hinted minus free in points with its 95 % interval (questions resampled;
+    smlearn.collect.levels.hint_use_stats over the run's judged.jsonl). Where the interval holds zero the
+    model ignores the hint there: its mid and low rationales are draws from one distribution."""
+    lines = ["| seed | " + " | ".join(f"{t}: gold / free / wrong; gold − free [95 % CI]" for t in tasks) + " |",
+             "| --- |" + " --- |" * len(tasks)]
+    for seed in seeds:
+        path = out / f"seed{seed}" / "judged.jsonl"
+        if not path.exists():
+            continue
+        judged = read_jsonl(path)
+        cells = []
+        for t in tasks:
+            use = hint_use_stats([r for r in judged if task_of(r["question_id"]) == t])
+            rate = use["right_rate"]
+            lift = use["gold_lift"]
+            cells.append(" / ".join(f"{rate[s]['rate']:.2f}" if s in rate else "n/a" for s in ("gold", "free", "wrong"))
+                         + ("; n/a" if lift is None else
+                            f"; {lift['points']:+.1f} [{lift['ci95'][0]:+.1f}, {lift['ci95'][1]:+.1f}]"))
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,13 +238,15 @@ def main() -> None:
                           f"rl.seed={seed}", *args.overrides])
         per_seed[seed] = read_json(out / "lab_metrics.json")
         seconds[seed] = round(time.time() - t0, 1)
+    tasks = next(iter(per_seed.values()))["tasks"]
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
           f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
           f"{difference_table(Path(args.out), args.seeds, next(iter(per_seed.values()))['tasks'])}\n\n"
           f"Over the seeds (seeds as the unit):\n\n{over_seeds_table(per_seed)}\n\n{rm_targets(per_seed)}\n\n"
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
           f"per task and level:\n\n{step_fraction_table(per_seed)}\n\nRM mean score on held-out questions, per task "
-          f"and level:\n\n{level_means_by_task_table(per_seed)}\n")
+          f"and level:\n\n{level_means_by_task_table(per_seed)}\n\nHint use: share of judged rationales reaching the gold "
+          f"answer by source, per task:\n\n{hint_use_table(Path(args.out), args.seeds, tasks)}\n")
     write_text(Path(args.out) / "seeds.md", md)
     write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
                                                "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})

@@ -5,7 +5,7 @@ import pytest
 
 from smlearn.collect import collect as collect_module
 from smlearn.collect.levels import (HIGH, LOW, MID, assign_level, build_pairs, build_sft, collect_stats,
-                                    heldout_questions, hint_leak, split_pairs)
+                                    describe_hint_use, heldout_questions, hint_leak, hint_use_stats, split_pairs)
 from smlearn.data import Example
 from smlearn.prompts import BUILTIN, PromptBuilder
 
@@ -195,3 +195,37 @@ def test_leaked_rationales_are_kept_out_of_sft_and_pairs_and_counted():
     assert stats["hint_leak"] == {"count": 2, "rate": 2 / 5, "by_source": {"gold": 1, "wrong": 1, "free": 0},
                                   "by_level": {"high": 1, "mid": 0, "low": 1}}
     assert stats["levels"] == {"high": 3, "mid": 0, "low": 2}   # levels still count every judged rationale
+
+
+def _hint_judged(gold_right, free_right, wrong_right, n_questions=40):
+    """Per question, 4 gold-hinted, 4 free and 2 wrong-hinted rationales; the callables say which are right."""
+    judged = []
+    for q in range(n_questions):
+        for source, k, right in (("gold", 4, gold_right), ("free", 4, free_right), ("wrong", 2, wrong_right)):
+            for i in range(k):
+                ok = right(q, i)
+                judged.append(row(f"q{q}/{source}/0/{i}", f"q{q}", source, f"r {q} {i}.", "7" if ok else "8", ok))
+    return judged
+
+
+def test_hint_use_measures_how_far_the_hint_moves_the_answers():
+    # A model that follows its hint: gold-hinted rationales are right, wrong-hinted ones never, free half the time.
+    follows = hint_use_stats(_hint_judged(lambda q, i: True, lambda q, i: i % 2 == 0, lambda q, i: False))
+    assert follows["right_rate"] == {"free": {"n": 160, "high": 80, "rate": 0.5},
+                                     "gold": {"n": 160, "high": 160, "rate": 1.0},
+                                     "wrong": {"n": 80, "high": 0, "rate": 0.0}}
+    assert follows["gold_lift"]["points"] == pytest.approx(50.0) and follows["gold_lift"]["ci95"][0] > 0
+    assert follows["wrong_pull"]["points"] == pytest.approx(50.0) and follows["wrong_pull"]["ci95"][0] > 0
+    assert "uses the hint" in describe_hint_use(follows)
+    # A model that ignores it: every source right on the same questions (easy ones), so the lift is 0 and its
+    # interval holds 0 (questions resampled: within-question agreement gives no false precision).
+    ignores = hint_use_stats(_hint_judged(*(lambda q, i: q % 3 == 0,) * 3))
+    lift = ignores["gold_lift"]
+    assert lift["points"] == 0 and lift["ci95"][0] <= 0 <= lift["ci95"][1]
+    assert "does not measurably change" in describe_hint_use(ignores)
+    # No free samples: no reference to measure the hint against.
+    no_free = hint_use_stats([r for r in _hint_judged(*(lambda q, i: True,) * 3) if r["source"] != "free"])
+    assert no_free["gold_lift"] is None and no_free["wrong_pull"] is None
+    assert "minus free" not in describe_hint_use(no_free)
+    assert collect_stats(_judged(), [], [], ["q1", "q2", "q3"], "toy")["hint_use"]["right_rate"]["gold"] == \
+        {"n": 4, "high": 2, "rate": 0.5}

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import smlearn
-from smlearn.collect.levels import HIGH, LOW, MID, hint_leak
+from smlearn.collect.levels import HIGH, LOW, MID, describe_hint_use, hint_leak
 from smlearn.data import load_jsonl_examples
 from smlearn.answers import answers_match
 from smlearn.io import read_jsonl
@@ -86,6 +86,9 @@ def test_collection(finished_run):
     assert stats["rationales"] == len(judged) and stats["sft_examples"] == len(sft) and stats["pairs"] == len(pairs)
     assert sum(stats["levels"].values()) == len(judged)
     assert stats["hint_leak"]["count"] == sum(r["hint_leak"] for r in judged)
+    for source, counts in stats["levels_by_source"].items():   # hint use: right share per source, from the levels
+        assert stats["hint_use"]["right_rate"][source] == {"n": sum(counts.values()), "high": counts["high"],
+                                                           "rate": counts["high"] / sum(counts.values())}
     assert stats["per_dataset"][name]["questions"] == N_TRAIN
 
 
@@ -126,6 +129,7 @@ def test_eval_and_report(finished_run):
     stats = json.loads((out / "collect_stats.json").read_text())
     assert f"high {stats['levels']['high']}, mid {stats['levels']['mid']}, low {stats['levels']['low']}" in report
     assert f"pairs): {stats['hint_leak']['count']} (rate " in report
+    assert f"- hint use: {describe_hint_use(stats['hint_use'])}" in report
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest) == ["generate", "collect", "sft", "rm", "rl", "eval", "report"]
 

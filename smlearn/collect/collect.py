@@ -94,7 +94,9 @@ def collect(run: Run, progress: bool = True) -> dict:
     write_jsonl(run.path("sft.jsonl"), sft)
     write_jsonl(run.path("pairs.jsonl"), pairs)
     write_json(run.path("collect_stats.json"), stats)
+    lift = stats["hint_use"]["gold_lift"]
     summary = {"rationales": len(judged_train), **stats["levels"], "hint_leak": stats["hint_leak"]["count"],
+               **({"gold_hint_lift": round(lift["points"], 1)} if lift else {}),
                "sft_examples": len(sft), "pairs": len(pairs),
                **({"rm_questions": stats["rm_questions"]["questions"],
                    "rm_rationales": stats["rm_questions"]["rationales"]} if rm_items else {}),

@@ -19,6 +19,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from ..evaluate.intervals import cluster_mean_difference
 from ..prompts import completion_text
 
 HIGH, MID, LOW = 2, 1, 0
@@ -191,6 +192,46 @@ def hint_leak_stats(judged: list[dict[str, Any]]) -> dict[str, Any]:
             "by_level": {name: sum(1 for r in leaked if r["level"] == lvl) for lvl, name in LEVEL_NAMES.items()}}
 
 
+def hint_use_stats(judged: list[dict[str, Any]], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Does the model use the answer hint? Per source, how many rationales reach the gold answer (level high),
+    and two differences of those shares in points, with 95 % intervals (questions resampled):
+    `gold_lift` = gold-hinted minus free, `wrong_pull` = free minus wrong-hinted (None without both sources).
+
+    Both near zero: the hint changes nothing the judge reads, so the hinted rationales are free samples by
+    another name. Mid and low rationales are then draws from one distribution, which no reward model can
+    order, and the collection is rejection sampling on free samples (STaR without rationalization)."""
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for r in judged:
+        by_source[r["source"]].append(int(r["level"] == HIGH))
+    right_rate = {src: {"n": len(v), "high": sum(v), "rate": sum(v) / len(v)} for src, v in sorted(by_source.items())}
+
+    def difference(a: str, b: str) -> dict[str, Any] | None:
+        if a not in by_source or b not in by_source:
+            return None
+        clusters = [([int(r["level"] == HIGH) for r in rows if r["source"] == a],
+                     [int(r["level"] == HIGH) for r in rows if r["source"] == b])
+                    for rows in _by_question(judged).values()]
+        point, lo, hi = cluster_mean_difference(clusters, resamples=resamples, seed=seed)
+        return {"points": 100 * point, "ci95": [100 * lo, 100 * hi]}
+
+    return {"right_rate": right_rate, "gold_lift": difference("gold", "free"),
+            "wrong_pull": difference("free", "wrong")}
+
+
+def describe_hint_use(hint_use: dict[str, Any]) -> str:
+    """One line for reports: the shares right per source and the gold-hint lift, read plainly."""
+    rates = ", ".join(f"{src} {v['rate']:.2f} ({v['high']}/{v['n']})" for src, v in hint_use["right_rate"].items())
+    lift = hint_use.get("gold_lift")
+    if lift is None:
+        return f"share of rationales reaching the gold answer: {rates}"
+    lo, hi = lift["ci95"]
+    reading = ("the hint does not measurably change the model's answers: hinted rationales are free samples, "
+               "and mid and low rationales come from one distribution" if lo <= 0 <= hi else
+               "the gold hint raises it: the model uses the hint" if lo > 0 else "the gold hint lowers it")
+    return (f"share of rationales reaching the gold answer: {rates}; gold-hinted minus free "
+            f"{lift['points']:+.1f} points [{lo:+.1f}, {hi:+.1f}]: {reading}")
+
+
 def collect_stats(judged: list[dict[str, Any]], sft: list[dict], pairs: list[dict], questions: list[str],
                   dataset: str) -> dict[str, Any]:
     levels = {name: sum(1 for r in judged if r["level"] == lvl) for lvl, name in LEVEL_NAMES.items()}
@@ -213,6 +254,7 @@ def collect_stats(judged: list[dict[str, Any]], sft: list[dict], pairs: list[dic
         "yield_per_question": with_high / len(questions) if questions else 0.0,
         "high_per_question_mean": sum(high_per_q.values()) / len(questions) if questions else 0.0,
         "hint_leak": hint_leak_stats(judged),
+        "hint_use": hint_use_stats(judged),
         "sft_examples": len(sft),
         "pairs": len(pairs),
         "pairs_train": sum(1 for p in pairs if p["split"] == "train"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..collect.levels import describe_hint_use
 from ..io import read_json, read_jsonl, write_text
 from ..rundir import Run
 
@@ -29,8 +30,10 @@ def collection_section(stats: dict) -> list[str]:
     leak = stats.get("hint_leak")   # absent from runs collected before hint leaks were counted
     leak_lines = [f"- hint leaks (hinted rationales naming the hint or restating the answer; not in SFT or pairs): "
                   f"{leak['count']} (rate {leak['rate']:.4f})"] if leak else []
+    use = stats.get("hint_use")   # absent from runs collected before hint use was measured
+    use_lines = [f"- hint use: {describe_hint_use(use)}"] if use else []
     lines = [f"- questions: {stats['questions']}, rationales judged: {stats['rationales']}",
-             f"- levels: high {lv['high']}, mid {lv['mid']}, low {lv['low']}", *leak_lines,
+             f"- levels: high {lv['high']}, mid {lv['mid']}, low {lv['low']}", *leak_lines, *use_lines,
              f"- questions with at least one high rationale: {stats['questions_with_high']} "
              f"(yield {stats['yield_per_question']:.4f}); high per question {stats['high_per_question_mean']:.2f}",
              f"- SFT examples: {stats['sft_examples']}; preference pairs: {stats['pairs']} "
