@@ -222,10 +222,13 @@ def test_hint_use_measures_how_far_the_hint_moves_the_answers():
     ignores = hint_use_stats(_hint_judged(*(lambda q, i: q % 3 == 0,) * 3))
     lift = ignores["gold_lift"]
     assert lift["points"] == 0 and lift["ci95"][0] <= 0 <= lift["ci95"][1]
-    assert "does not measurably change" in describe_hint_use(ignores)
+    assert "no measurable effect of the hint" in describe_hint_use(ignores)
     # No free samples: no reference to measure the hint against.
     no_free = hint_use_stats([r for r in _hint_judged(*(lambda q, i: True,) * 3) if r["source"] != "free"])
     assert no_free["gold_lift"] is None and no_free["wrong_pull"] is None
     assert "minus free" not in describe_hint_use(no_free)
     assert collect_stats(_judged(), [], [], ["q1", "q2", "q3"], "toy")["hint_use"]["right_rate"]["gold"] == \
         {"n": 4, "high": 2, "rate": 0.5}
+    # A rationale that leaks its hint is left out (as from SFT and the pairs): copying is not using the hint.
+    leaky = _judged() + [row("q3/gold/0/0", "q3", "gold", "The hint says 7.", "7", True, leak=True)]
+    assert hint_use_stats(leaky)["right_rate"]["gold"] == {"n": 4, "high": 2, "rate": 0.5}

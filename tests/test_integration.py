@@ -86,9 +86,10 @@ def test_collection(finished_run):
     assert stats["rationales"] == len(judged) and stats["sft_examples"] == len(sft) and stats["pairs"] == len(pairs)
     assert sum(stats["levels"].values()) == len(judged)
     assert stats["hint_leak"]["count"] == sum(r["hint_leak"] for r in judged)
-    for source, counts in stats["levels_by_source"].items():   # hint use: right share per source, from the levels
-        assert stats["hint_use"]["right_rate"][source] == {"n": sum(counts.values()), "high": counts["high"],
-                                                           "rate": counts["high"] / sum(counts.values())}
+    for source in stats["levels_by_source"]:   # hint use: the share right per source, leaked rationales left out
+        kept = [r for r in judged if r["source"] == source and not r["hint_leak"]]
+        high = sum(r["level"] == HIGH for r in kept)
+        assert stats["hint_use"]["right_rate"][source] == {"n": len(kept), "high": high, "rate": high / len(kept)}
     assert stats["per_dataset"][name]["questions"] == N_TRAIN
 
 

@@ -199,7 +199,10 @@ def hint_use_stats(judged: list[dict[str, Any]], resamples: int = 1000, seed: in
 
     Both near zero: the hint changes nothing the judge reads, so the hinted rationales are free samples by
     another name. Mid and low rationales are then draws from one distribution, which no reward model can
-    order, and the collection is rejection sampling on free samples (STaR without rationalization)."""
+    order, and the collection is rejection sampling on free samples (STaR without rationalization).
+    Rationales that leak their hint are left out, as they are from the SFT set and the pairs: copying the
+    hint into the answer sentence is not reasoning towards it."""
+    judged = [r for r in judged if not r.get("hint_leak")]
     by_source: dict[str, list[int]] = defaultdict(list)
     for r in judged:
         by_source[r["source"]].append(int(r["level"] == HIGH))
@@ -225,8 +228,8 @@ def describe_hint_use(hint_use: dict[str, Any]) -> str:
     if lift is None:
         return f"share of rationales reaching the gold answer: {rates}"
     lo, hi = lift["ci95"]
-    reading = ("the hint does not measurably change the model's answers: hinted rationales are free samples, "
-               "and mid and low rationales come from one distribution" if lo <= 0 <= hi else
+    reading = ("no measurable effect of the hint (the interval holds zero): hinted rationales look like free "
+               "samples, and mid and low rationales may not differ" if lo <= 0 <= hi else
                "the gold hint raises it: the model uses the hint" if lo > 0 else "the gold hint lowers it")
     return (f"share of rationales reaching the gold answer: {rates}; gold-hinted minus free "
             f"{lift['points']:+.1f} points [{lo:+.1f}, {hi:+.1f}]: {reading}")
