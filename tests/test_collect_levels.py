@@ -5,7 +5,8 @@ import pytest
 
 from smlearn.collect import collect as collect_module
 from smlearn.collect.levels import (HIGH, LOW, MID, assign_level, build_pairs, build_sft, collect_stats,
-                                    describe_hint_use, heldout_questions, hint_leak, hint_use_stats, split_pairs)
+                                    heldout_questions, hint_leak, hint_use_stats, split_pairs)
+from smlearn.report.report import describe_hint_use
 from smlearn.data import Example
 from smlearn.prompts import BUILTIN, PromptBuilder
 

@@ -9,7 +9,8 @@ import json
 import pytest
 
 import smlearn
-from smlearn.collect.levels import HIGH, LOW, MID, describe_hint_use, hint_leak
+from smlearn.collect.levels import HIGH, LOW, MID, hint_leak
+from smlearn.report.report import describe_hint_use
 from smlearn.data import load_jsonl_examples
 from smlearn.answers import answers_match
 from smlearn.io import read_jsonl

@@ -221,20 +221,6 @@ def hint_use_stats(judged: list[dict[str, Any]], resamples: int = 1000, seed: in
             "wrong_pull": difference("free", "wrong")}
 
 
-def describe_hint_use(hint_use: dict[str, Any]) -> str:
-    """One line for reports: the shares right per source and the gold-hint lift, read plainly."""
-    rates = ", ".join(f"{src} {v['rate']:.2f} ({v['high']}/{v['n']})" for src, v in hint_use["right_rate"].items())
-    lift = hint_use.get("gold_lift")
-    if lift is None:
-        return f"share of rationales reaching the gold answer: {rates}"
-    lo, hi = lift["ci95"]
-    reading = ("no measurable effect of the hint (the interval holds zero): hinted rationales look like free "
-               "samples, and mid and low rationales may not differ" if lo <= 0 <= hi else
-               "the gold hint raises it: the model uses the hint" if lo > 0 else "the gold hint lowers it")
-    return (f"share of rationales reaching the gold answer: {rates}; gold-hinted minus free "
-            f"{lift['points']:+.1f} points [{lo:+.1f}, {hi:+.1f}]: {reading}")
-
-
 def collect_stats(judged: list[dict[str, Any]], sft: list[dict], pairs: list[dict], questions: list[str],
                   dataset: str) -> dict[str, Any]:
     levels = {name: sum(1 for r in judged if r["level"] == lvl) for lvl, name in LEVEL_NAMES.items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..collect.levels import describe_hint_use
 from ..io import read_json, read_jsonl, write_text
 from ..rundir import Run
 
@@ -42,6 +41,20 @@ def collection_section(stats: dict) -> list[str]:
     for source, counts in sorted(stats["levels_by_source"].items()):
         lines.append(f"| {source} | {counts['high']} | {counts['mid']} | {counts['low']} |")
     return lines
+
+
+def describe_hint_use(hint_use: dict) -> str:
+    """One line for reports: the shares right per source and the gold-hint lift, read plainly."""
+    rates = ", ".join(f"{src} {v['rate']:.2f} ({v['high']}/{v['n']})" for src, v in hint_use["right_rate"].items())
+    lift = hint_use.get("gold_lift")
+    if lift is None:
+        return f"share of rationales reaching the gold answer: {rates}"
+    lo, hi = lift["ci95"]
+    reading = ("no measurable effect of the hint (the interval holds zero): hinted rationales look like free "
+               "samples, and mid and low rationales may not differ" if lo <= 0 <= hi else
+               "the gold hint raises it: the model uses the hint" if lo > 0 else "the gold hint lowers it")
+    return (f"share of rationales reaching the gold answer: {rates}; gold-hinted minus free "
+            f"{lift['points']:+.1f} points [{lo:+.1f}, {hi:+.1f}]: {reading}")
 
 
 def _rm_question_lines(stats: dict) -> list[str]:
