@@ -13,10 +13,9 @@ import statistics
 import time
 from pathlib import Path
 
-from smlearn.collect.levels import hint_use_stats
 from smlearn.evaluate.intervals import bootstrap_difference, t_interval
 from smlearn.io import read_json, read_jsonl, write_json, write_text
-from smlearn.lab.analysis import task_of
+from smlearn.lab.analysis import hint_use_by_task
 from smlearn.lab.default import run_lab
 from smlearn.lab.report import format_level_gaps
 
@@ -106,7 +105,7 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
 def hint_use_table(out: Path, seeds: list[int], tasks: list[str]) -> str:
     """Per seed and task: the share of judged rationales reaching the gold answer, gold-hinted / free /
     wrong-hinted, and gold-hinted minus free in points with its 95 % interval (questions resampled;
-    smlearn.collect.levels.hint_use_stats over the run's judged.jsonl). Where the interval holds zero the
+    smlearn.lab.analysis.hint_use_by_task over the run's judged.jsonl). Where the interval holds zero the
     model ignores the hint there: its mid and low rationales are draws from one distribution."""
     lines = ["| seed | " + " | ".join(f"{t}: gold / free / wrong; gold − free [95 % CI]" for t in tasks) + " |",
              "| --- |" + " --- |" * len(tasks)]
@@ -114,10 +113,10 @@ def hint_use_table(out: Path, seeds: list[int], tasks: list[str]) -> str:
         path = out / f"seed{seed}" / "judged.jsonl"
         if not path.exists():
             continue
-        judged = read_jsonl(path)
+        by_task = hint_use_by_task(read_jsonl(path))
         cells = []
         for t in tasks:
-            use = hint_use_stats([r for r in judged if task_of(r["question_id"]) == t])
+            use = by_task.get(t) or {"right_rate": {}, "gold_lift": None}
             rate = use["right_rate"]
             lift = use["gold_lift"]
             cells.append(" / ".join(f"{rate[s]['rate']:.2f}" if s in rate else "n/a" for s in ("gold", "free", "wrong"))

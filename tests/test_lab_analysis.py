@@ -455,3 +455,18 @@ def test_rm_heldout_accuracy_by_task(tmp_path):
         {"question_id": "coins-train-1", "split": "heldout", "level": 0, "score": 1.0, "rationale_ids": ["r1"]}])
     assert heldout_level_gaps(run) == {"2-1": None, "1-0": None}          # no mid held out: neither gap
     assert heldout_level_gaps(Run(tmp_path / "empty", RunConfig())) is None
+
+
+def test_hint_use_per_task(analyzed):
+    # The fake run's rationales: per question the gold-hinted one reaches the gold answer, the free and the
+    # wrong-hinted ones do not — a model that uses the hint, in every task.
+    m, _ = analyzed
+    assert list(m["hint_use"]) == list(TASK_NAMES)
+    for task, use in m["hint_use"].items():
+        assert use["right_rate"]["gold"] == {"n": N_TRAIN, "high": N_TRAIN, "rate": 1.0}, task
+        assert use["right_rate"]["free"]["high"] == use["right_rate"]["wrong"]["high"] == 0
+        assert use["gold_lift"] == {"points": 100.0, "ci95": [100.0, 100.0]}
+        assert use["wrong_pull"]["points"] == 0.0
+    text = report_section(json.loads(json.dumps(m)))
+    assert "| task | gold-hinted | free | wrong-hinted | gold − free, points [95 % CI] |" in text
+    assert f"| arithmetic | 1.0000 ({N_TRAIN}/{N_TRAIN}) | 0.0000 (0/{N_TRAIN}) |" in text

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 from smlearn.evaluate.intervals import cluster_bootstrap, cluster_mean_difference
 from smlearn.collect import levels as collect_levels
-from smlearn.collect.levels import pair_answer
+from smlearn.collect.levels import hint_use_stats, pair_answer
 from smlearn.io import read_json, read_jsonl, write_json
 from smlearn.lab.flaws import ERROR_KINDS
 from smlearn.lab.stats import mean, rate, roc_auc, spearman
@@ -252,6 +252,13 @@ def heldout_accuracy_interval(run) -> dict[str, Any] | None:
     return {"accuracy": point, "ci": [lo, hi], "pairs": len(found), "questions": len(by_question)}
 
 
+def hint_use_by_task(judged: list[dict]) -> dict[str, dict]:
+    """Per task, `hint_use_stats` over its judged rationales (training and RM questions): does the model use the
+    answer hint there? Where it does not, that task's mid and low rationales are draws from one distribution."""
+    tasks = [t for t in TASKS if any(task_of(r["question_id"]) == t for r in judged)]
+    return {t: hint_use_stats([r for r in judged if task_of(r["question_id"]) == t]) for t in tasks}
+
+
 def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> tuple[dict, dict]:
     """(metrics, plot data): RM levels/accuracy from rm/metrics.json, and RM score vs verifier validity."""
     trigger = run.config.prompts.trigger
@@ -397,6 +404,8 @@ def analyze(run, models: Sequence[str] = MODELS, scorer=None, max_rm_rationales:
     metrics["validity"] = {s: validity_by_task(preds[s], tasks, test_examples) for s in present} \
         if test_examples else {}
     metrics["rm"], rm_plot = rm_analysis(run, scorer=scorer, max_rationales=max_rm_rationales)
+    judged_path = run.path("judged.jsonl")
+    metrics["hint_use"] = hint_use_by_task(read_jsonl(judged_path)) if judged_path.exists() else None
     metrics["flips"] = ({"from": "sft", "to": "rl", **flip_table(preds["sft"], preds["rl"], tasks)}
                         if "sft" in preds and "rl" in preds else None)
     log_path = run.path("rl", "log.jsonl")

@@ -52,6 +52,27 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _hint_use_section(hint_use: dict | None) -> list[str]:
+    """Per task: the share of judged rationales reaching the gold answer by source, and gold-hinted minus free
+    and free minus wrong-hinted in points with their 95 % intervals (questions resampled)."""
+    if not hint_use:
+        return []
+    def diff(d: dict | None) -> str:
+        return "n/a" if d is None else f"{fmt(d['points'])} [{fmt(d['ci95'][0])}, {fmt(d['ci95'][1])}]"
+
+    def share(rates: dict, source: str) -> str:
+        v = rates.get(source)
+        return "n/a" if v is None else f"{fmt(v['rate'])} ({v['high']}/{v['n']})"
+
+    rows = [[t, share(u["right_rate"], "gold"), share(u["right_rate"], "free"), share(u["right_rate"], "wrong"),
+             diff(u["gold_lift"]), diff(u["wrong_pull"])] for t, u in hint_use.items()]
+    return ["", "Hint use, per task: the share of judged rationales whose hint-free answer is the gold one, by what "
+            "they were written for; where gold − free holds zero there is no measurable hint use in that task, and its "
+            "mid and low rationales may not differ:", ""] + _table(
+        ["task", "gold-hinted", "free", "wrong-hinted", "gold − free, points [95 % CI]",
+         "free − wrong, points [95 % CI]"], rows)
+
+
 def _first_error_section(validity: dict, models: list[str], tasks: list[str]) -> list[str]:
     """Invalid test rationales counted by the kind of their first error: which failures training removed."""
     rows = [[MODEL_LABELS.get(s, s), t, validity[s][t]["n"] - validity[s][t]["valid"]]
@@ -131,6 +152,7 @@ def report_section(lab: dict) -> str:
                   "reading the text could tell apart):", ""]
         parts += _table(["task"] + [LEVEL_NAMES.get(k, k) for k in ("2", "1", "0")],
                         [[t] + [(v.get(k) or {}).get("mean") for k in ("2", "1", "0")] for t, v in by_task.items()])
+    parts += _hint_use_section(lab.get("hint_use"))
     parts += image("rm_scores_by_level.png", "RM score by quality level")
     vs = rm.get("vs_validity")
     if vs:
