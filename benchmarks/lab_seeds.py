@@ -105,8 +105,8 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
 def hint_use_table(out: Path, seeds: list[int], tasks: list[str]) -> str:
     """Per seed and task: the share of judged rationales reaching the gold answer, gold-hinted / free /
     wrong-hinted, and gold-hinted minus free in points with its 95 % interval (questions resampled;
-    smlearn.lab.analysis.hint_use_by_task over the run's judged.jsonl). Where the interval holds zero the
-    model ignores the hint there: its mid and low rationales are draws from one distribution."""
+    smlearn.lab.analysis.hint_use_by_task over the run's judged.jsonl). Where the interval holds zero there is
+    no measurable hint use in that task, and its mid and low rationales may not differ."""
     lines = ["| seed | " + " | ".join(f"{t}: gold / free / wrong; gold − free [95 % CI]" for t in tasks) + " |",
              "| --- |" + " --- |" * len(tasks)]
     for seed in seeds:

@@ -57,6 +57,7 @@ def _hint_use_section(hint_use: dict | None) -> list[str]:
     and free minus wrong-hinted in points with their 95 % intervals (questions resampled)."""
     if not hint_use:
         return []
+
     def diff(d: dict | None) -> str:
         return "n/a" if d is None else f"{fmt(d['points'])} [{fmt(d['ci95'][0])}, {fmt(d['ci95'][1])}]"
 
