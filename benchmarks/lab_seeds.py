@@ -102,18 +102,19 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def hint_use_table(out: Path, seeds: list[int], tasks: list[str]) -> str:
+def hint_use_table(out: Path, per_seed: dict[int, dict], tasks: list[str]) -> str:
     """Per seed and task: the share of judged rationales reaching the gold answer, gold-hinted / free /
     wrong-hinted, and gold-hinted minus free in points with its 95 % interval (questions resampled;
-    smlearn.lab.analysis.hint_use_by_task over the run's judged.jsonl). Where the interval holds zero there is
+    lab_metrics' hint_use, or for runs analysed before it existed smlearn.lab.analysis.hint_use_by_task over
+    the run's judged.jsonl). Where the interval holds zero there is
     no measurable hint use in that task, and its mid and low rationales may not differ."""
     lines = ["| seed | " + " | ".join(f"{t}: gold / free / wrong; gold − free [95 % CI]" for t in tasks) + " |",
              "| --- |" + " --- |" * len(tasks)]
-    for seed in seeds:
+    for seed, m in per_seed.items():
         path = out / f"seed{seed}" / "judged.jsonl"
-        if not path.exists():
+        by_task = m.get("hint_use") or (hint_use_by_task(read_jsonl(path)) if path.exists() else None)
+        if not by_task:
             continue
-        by_task = hint_use_by_task(read_jsonl(path))
         cells = []
         for t in tasks:
             use = by_task.get(t) or {"right_rate": {}, "gold_lift": None}
@@ -245,7 +246,7 @@ def main() -> None:
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
           f"per task and level:\n\n{step_fraction_table(per_seed)}\n\nRM mean score on held-out questions, per task "
           f"and level:\n\n{level_means_by_task_table(per_seed)}\n\nHint use: share of judged rationales reaching the gold "
-          f"answer by source, per task:\n\n{hint_use_table(Path(args.out), args.seeds, tasks)}\n")
+          f"answer by source, per task:\n\n{hint_use_table(Path(args.out), per_seed, tasks)}\n")
     write_text(Path(args.out) / "seeds.md", md)
     write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
                                                "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})

@@ -207,13 +207,13 @@ def hint_use_stats(judged: list[dict[str, Any]], resamples: int = 1000, seed: in
     for r in judged:
         by_source[r["source"]].append(int(r["level"] == HIGH))
     right_rate = {src: {"n": len(v), "high": sum(v), "rate": sum(v) / len(v)} for src, v in sorted(by_source.items())}
+    questions = _by_question(judged).values()
 
     def difference(a: str, b: str) -> dict[str, Any] | None:
         if a not in by_source or b not in by_source:
             return None
         clusters = [([int(r["level"] == HIGH) for r in rows if r["source"] == a],
-                     [int(r["level"] == HIGH) for r in rows if r["source"] == b])
-                    for rows in _by_question(judged).values()]
+                     [int(r["level"] == HIGH) for r in rows if r["source"] == b]) for rows in questions]
         point, lo, hi = cluster_mean_difference(clusters, resamples=resamples, seed=seed)
         return {"points": 100 * point, "ci95": [100 * lo, 100 * hi]}
 
