@@ -32,7 +32,7 @@ from smlearn import pipeline
 from smlearn.io import read_jsonl, write_json, write_text
 from smlearn.lab.analysis import accuracy_by_task
 from smlearn.config import load_config
-from smlearn.evaluate.intervals import t_interval
+from smlearn.evaluate.intervals import seeds_mean_text
 
 TASKS = ["arithmetic", "objects", "coins"]
 VARIANTS = {"sft": None, "gold_only": ["rl.rm_weight=0"], "rm_only": ["rl.correction.enabled=false"],
@@ -88,12 +88,7 @@ def paired_table(results: dict[str, dict[int, dict]], reference: str = "sml_grpo
         cells = []
         for task in cols:
             diffs = [100 * (per_seed[s][task] - results[reference][s][task]) for s in seeds]
-            if len(diffs) > 1:
-                mean, lo, hi = t_interval(diffs)
-                head = f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-            else:
-                head = f"{diffs[0]:+.1f}"
-            cells.append(head + " (" + " / ".join(f"{d:+.0f}" for d in diffs) + ")")
+            cells.append(" ".join(seeds_mean_text(diffs)) + " (" + " / ".join(f"{d:+.0f}" for d in diffs) + ")")
         lines.append(f"| {name} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from smlearn.evaluate.intervals import bootstrap_difference, t_interval
+from smlearn.evaluate.intervals import bootstrap_difference, seeds_mean_text
 from smlearn.io import read_json, read_jsonl, write_json, write_text
 from smlearn.lab.analysis import hint_use_by_task
 from smlearn.lab.default import run_lab
@@ -163,11 +163,8 @@ def over_seeds_table(per_seed: dict[int, dict]) -> str:
             return [m["accuracy"][stage][task]["accuracy"] for m in per_seed.values() if stage in m["accuracy"]]
         diffs = [100 * (m["accuracy"]["rl"][task]["accuracy"] - m["accuracy"]["sft"][task]["accuracy"])
                  for m in per_seed.values()]
-        if len(diffs) > 1:
-            mean, lo, hi = t_interval(diffs)
-            ci = f"**{mean:+.1f}** [{lo:+.1f}, {hi:+.1f}]"
-        else:
-            ci = f"**{diffs[0]:+.1f}** (one seed)"
+        mean, interval = seeds_mean_text(diffs)
+        ci = f"**{mean}** {interval}"
         means = " | ".join(f"{statistics.fmean(v):.4f}" if (v := acc(stage)) else "n/a"
                            for stage in ("sft", "rl", "oracle"))
         lines.append(f"| {task} | {means} | {ci} | " + " / ".join(f"{d:+.1f}" for d in diffs) + " |")

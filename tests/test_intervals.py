@@ -6,7 +6,7 @@ import random
 import pytest
 
 from smlearn.evaluate.intervals import (bootstrap_difference, bootstrap_mean, cluster_bootstrap, cluster_mean_difference,
-                                       t_interval, wilson)
+                                       seeds_mean_text, t_interval, wilson)
 
 
 def test_wilson_known_values():
@@ -31,6 +31,12 @@ def test_t_interval_known_values():
     assert hi - m == pytest.approx(1.959964 * sd / 50 ** 0.5, rel=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
         t_interval([1.0])
+
+
+def test_seeds_mean_text_is_the_t_interval_as_table_text():
+    assert seeds_mean_text([1, 2, 3, 4, 5]) == ("+3.0", "[+1.0, +5.0]")
+    assert seeds_mean_text([0.25, 0.5], fmt=".2f") == ("0.38", "[-1.21, 1.96]")        # 0.375 ± 12.706 · 0.1768 / √2
+    assert seeds_mean_text([4.0]) == ("+4.0", "(one seed)")
 
 
 def test_bootstrap_mean_brackets_the_mean_and_narrows_with_more_questions():

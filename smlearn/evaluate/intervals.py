@@ -53,6 +53,15 @@ def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def seeds_mean_text(values: Sequence[float], fmt: str = "+.1f") -> tuple[str, str]:
+    """The mean over seeds and its 95 % t-interval as text, for tables: ("+11.0", "[+6.4, +15.6]"), or
+    (value, "(one seed)") when there is one seed. Two parts, so a table may set the mean apart (bold)."""
+    if len(values) == 1:
+        return format(values[0], fmt), "(one seed)"
+    mean, lo, hi = t_interval(values)
+    return format(mean, fmt), f"[{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
 def _check(per_seed: Sequence[Sequence[float]]) -> int:
     if not per_seed:
         raise ValueError("no seeds")
