@@ -58,6 +58,15 @@ def _ordered(levels: dict | None) -> bool | None:
     return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
 
 
+def _step_share(rm: dict) -> dict | None:
+    """The step verifier's mean valid-step share per level over every judged rationale (lab_metrics'
+    validity_by_level), as level -> {"mean"}, the shape `_ordered` and `_level_means` read."""
+    by_level = rm.get("validity_by_level")
+    if not by_level:
+        return None
+    return {k: {"mean": v.get("step_fraction_mean"), "n": v.get("n")} for k, v in by_level.items()}
+
+
 def per_seed_table(per_seed: dict[int, dict]) -> str:
     """Per seed: SML - SFT (arithmetic, all), RM held-out pairwise accuracy (per level pair), RM mean score
     high / mid / low on held-out and on all scored completions, RL's held-out greedy accuracy first -> last."""
@@ -90,15 +99,20 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
     """Per seed: the step verifier's share of valid steps in the judged rationales, high / mid / low, per task.
 
     A reward model reading the text can rank two levels only as far as their rationales differ; where mid and
-    low have the same share of valid steps, "mid above low" is not a property of the text."""
+    low have the same share of valid steps, "mid above low" is not a property of the text. The all-task columns
+    pool every judged rationale as the RM's level means pool its scores, so the tasks' mix weighs in the same way
+    (objects' right answers are mostly guesses with few valid steps)."""
     tasks = next(iter(per_seed.values()))["tasks"]
-    lines = ["| seed | " + " | ".join(f"{t}: high / mid / low" for t in tasks) + " |",
-             "| --- |" + " --- |" * len(tasks)]
+    lines = ["| seed | " + " | ".join(f"{t}: high / mid / low" for t in tasks) + " | all tasks: high / mid / low | "
+             "all tasks: mid − low |", "| --- |" + " --- |" * (len(tasks) + 2)]
     for seed, m in per_seed.items():
         by_task = (m.get("rm") or {}).get("step_fraction_by_task_level") or {}
         cells = [" / ".join(f"{by_task[t][k]['mean']:.2f}" if t in by_task and k in by_task[t] else "n/a"
                             for k in ("2", "1", "0")) for t in tasks]
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        share = _step_share(m.get("rm") or {}) or {}
+        gap = (f"{share['1']['mean'] - share['0']['mean']:+.3f}"
+               if all(share.get(k, {}).get("mean") is not None for k in ("1", "0")) else "n/a")
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {_level_means(share, digits=3)} | {gap} |")
     return "\n".join(lines)
 
 
@@ -186,7 +200,10 @@ def rm_targets(per_seed: dict[int, dict], threshold: float = 0.70) -> str:
                       count("RM mean score high > mid > low, held-out questions",
                             {s: _ordered(rm.get("heldout_levels")) for s, rm in rms.items()}),
                       count("RM mean score high > mid > low, every scored rationale",
-                            {s: _ordered(rm.get("levels")) for s, rm in rms.items()})])
+                            {s: _ordered(rm.get("levels")) for s, rm in rms.items()}),
+                      count("for reference, the step verifier's valid-step share high > mid > low, every judged "
+                            "rationale (the lab's ground truth of rationale quality, not the RM)",
+                            {s: _ordered(_step_share(rm)) for s, rm in rms.items()})])
 
 
 def _correct(run_dir: Path, model: str) -> dict[str, float] | None:
