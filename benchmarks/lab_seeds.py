@@ -147,8 +147,9 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
     gaps high − mid and mid − low with their 95 % CIs (lab_metrics' heldout_level_gaps)."""
     tasks = next(iter(per_seed.values()))["tasks"]
     lines = ["| seed | " + " | ".join(f"{t}: high / mid / low (n)" for t in tasks)
-             + " | order holds: overall; per task | held-out gaps [95 % CI, questions resampled] |",
-             "| --- |" + " --- |" * (len(tasks) + 2)]
+             + " | order holds: overall; per task | held-out gaps [95 % CI, questions resampled] "
+             "| mid − low = within tasks + task mix |",
+             "| --- |" + " --- |" * (len(tasks) + 3)]
 
     for seed, m in per_seed.items():
         rm = m.get("rm") or {}
@@ -162,8 +163,25 @@ def level_means_by_task_table(per_seed: dict[int, dict]) -> str:
         per_task = ", ".join(f"{t} {'yes' if o else 'no'}" for t in tasks
                              if (o := _ordered(by_task.get(t))) is not None)
         lines.append(f"| {seed} | " + " | ".join(cells) + f" | {'n/a' if overall is None else ('yes' if overall else 'no')}; "
-                     f"{per_task or 'n/a'} | {format_level_gaps(rm.get('heldout_level_gaps'))} |")
+                     f"{per_task or 'n/a'} | {format_level_gaps(rm.get('heldout_level_gaps'))} | "
+                     f"{_mid_low_split(rm)} |")
     return "\n".join(lines)
+
+
+def _mid_low_split(rm: dict) -> str:
+    """The held-out mid − low gap of pooled means, split in two: within tasks (each mid rationale against the low
+    ones of its own task, weighted by the tasks' share of mid rationales) and the rest, which only the tasks' mix
+    makes (mid and low drawn from the tasks in other proportions, on task scales that differ)."""
+    levels, by_task = rm.get("heldout_levels") or {}, rm.get("heldout_levels_by_task") or {}
+    if not all(levels.get(k, {}).get("mean") is not None for k in ("1", "0")):
+        return "n/a"
+    both = {t: lv for t, lv in by_task.items() if all(lv.get(k, {}).get("mean") is not None for k in ("1", "0"))}
+    n_mid = sum(lv["1"]["n"] for lv in by_task.values() if "1" in lv)
+    if not both or not n_mid:
+        return "n/a"
+    gap = levels["1"]["mean"] - levels["0"]["mean"]
+    within = sum(lv["1"]["n"] / n_mid * (lv["1"]["mean"] - lv["0"]["mean"]) for lv in both.values())
+    return f"{gap:+.2f} = {within:+.2f} {gap - within:+.2f}"
 
 
 def over_seeds_table(per_seed: dict[int, dict]) -> str:
