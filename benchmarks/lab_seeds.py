@@ -15,9 +15,10 @@ from pathlib import Path
 
 from smlearn.evaluate.intervals import bootstrap_difference, seeds_mean_text
 from smlearn.io import read_json, read_jsonl, write_json, write_text
-from smlearn.lab.analysis import hint_use_by_task
+from smlearn.lab.analysis import heldout_level_gaps, hint_use_by_task
 from smlearn.lab.default import run_lab
 from smlearn.lab.report import format_level_gaps
+from smlearn.rundir import Run
 
 STAGES = ["base", "sft", "rl", "oracle"]
 
@@ -56,6 +57,12 @@ def _ordered(levels: dict | None) -> bool | None:
     if not all(k in levels and levels[k].get("mean") is not None for k in ("2", "1", "0")):
         return None
     return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
+
+
+def _within(rm: dict, gap: str) -> bool | None:
+    """Whether the held-out gap inside questions (heldout_level_gaps' within_question) is above zero."""
+    found = ((rm.get("heldout_level_gaps") or {}).get(gap) or {}).get("within_question")
+    return None if found is None else found["gap"] > 0
 
 
 def _step_share(rm: dict) -> dict | None:
@@ -219,6 +226,8 @@ def rm_targets(per_seed: dict[int, dict], threshold: float = 0.70) -> str:
                             {s: _ordered(rm.get("heldout_levels")) for s, rm in rms.items()}),
                       count("RM mean score high > mid > low, every scored rationale",
                             {s: _ordered(rm.get("levels")) for s, rm in rms.items()}),
+                      count("RM mean score mid > low within each held-out question (mean over the questions "
+                            "that hold both)", {s: _within(rm, "1-0") for s, rm in rms.items()}),
                       count("for reference, the step verifier's valid-step share high > mid > low, every judged "
                             "rationale (the lab's ground truth of rationale quality, not the RM)",
                             {s: _ordered(_step_share(rm)) for s, rm in rms.items()})])
@@ -253,6 +262,16 @@ def difference_table(out: Path, seeds: list[int], tasks: list[str], a: str = "rl
                       + " | ".join(cells) + " |"])
 
 
+def with_current_gaps(run_dir: Path, metrics: dict) -> dict:
+    """A run analysed before the level gaps had their within-question part gets them recomputed from its
+    rm/scores.jsonl (smlearn.lab.analysis.heldout_level_gaps, the function the analysis runs)."""
+    rm = metrics.get("rm") or {}
+    gaps = rm.get("heldout_level_gaps")
+    if gaps and any(g is not None and "within_question" not in g for g in gaps.values()):
+        rm["heldout_level_gaps"] = heldout_level_gaps(Run.open(run_dir))
+    return metrics
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -268,7 +287,7 @@ def main() -> None:
         if not args.summarize_only:
             run_lab(out, [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}",
                           f"rl.seed={seed}", *args.overrides])
-        per_seed[seed] = read_json(out / "lab_metrics.json")
+        per_seed[seed] = with_current_gaps(out, read_json(out / "lab_metrics.json"))
         seconds[seed] = round(time.time() - t0, 1)
     tasks = next(iter(per_seed.values()))["tasks"]
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "

@@ -12,7 +12,7 @@ from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
 from smlearn.lab.analysis import (analyze, heldout_accuracy_by_task, heldout_accuracy_interval,
                                   heldout_level_gaps, heldout_level_means_by_task, write_metrics)
-from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, report_section, write_lab_report
+from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, format_level_gaps, report_section, write_lab_report
 from smlearn.lab.stats import rankdata, roc_auc, spearman
 from smlearn.prompts import answer_sentence, completion_text
 from smlearn.rundir import Run
@@ -450,11 +450,34 @@ def test_rm_heldout_accuracy_by_task(tmp_path):
     assert gaps["2-1"]["gap"] == pytest.approx(2.25) and gaps["2-1"]["n"] == [2, 1] and gaps["2-1"]["questions"] == 2
     assert gaps["2-1"]["ci"] == pytest.approx([2.25, 3.0])
     assert gaps["1-0"]["gap"] == pytest.approx(-1.5) and gaps["1-0"]["ci"] == pytest.approx([-1.5, -1.5])
+    # within a question: only arithmetic-train-2 holds high and mid, no question mid and low: not measured
+    assert gaps["2-1"]["within_question"] is None and gaps["1-0"]["within_question"] is None
     write_jsonl(run.path("rm", "scores.jsonl"), [
         {"question_id": "coins-train-1", "split": "heldout", "level": 2, "score": 0.5, "rationale_ids": ["c1"]},
         {"question_id": "coins-train-1", "split": "heldout", "level": 0, "score": 1.0, "rationale_ids": ["r1"]}])
     assert heldout_level_gaps(run) == {"2-1": None, "1-0": None}          # no mid held out: neither gap
     assert heldout_level_gaps(Run(tmp_path / "empty", RunConfig())) is None
+
+
+def test_level_gap_within_question_removes_what_the_question_mix_makes(tmp_path):
+    """Two tasks on score scales of their own: every question puts mid 1 above low, but the mid rationales come
+    from the high-scoring task and most low ones from the low-scoring one, so the pooled gap is far larger. The
+    within-question gap is the mean of the questions' own differences, with a CI resampling those questions."""
+    run = Run(tmp_path, RunConfig())
+    rows = []
+    for q, base in (("arithmetic-train-1", 10.0), ("arithmetic-train-2", 10.0), ("coins-train-3", 0.0)):
+        rows += [{"question_id": q, "split": "heldout", "level": 1, "score": base + 1.0, "rationale_ids": [f"{q}m"]},
+                 {"question_id": q, "split": "heldout", "level": 0, "score": base, "rationale_ids": [f"{q}l"]}]
+    rows += [{"question_id": "coins-train-4", "split": "heldout", "level": 0, "score": -2.0, "rationale_ids": [f"l{i}"]}
+             for i in range(3)]
+    rows.append({"question_id": "coins-train-5", "split": "train", "level": 1, "score": -9.0, "rationale_ids": ["t"]})
+    write_jsonl(run.path("rm", "scores.jsonl"), rows)
+    gap = heldout_level_gaps(run)["1-0"]
+    assert gap["gap"] == pytest.approx(23 / 3 - 14 / 6)                   # pooled: mid 7.67, low 2.33
+    assert gap["within_question"] == {"gap": pytest.approx(1.0), "ci": pytest.approx([1.0, 1.0]), "questions": 3}
+    assert heldout_level_gaps(run)["2-1"] is None                         # no high held out
+    assert "mid − low +5.33 [" in format_level_gaps(heldout_level_gaps(run))
+    assert "(within question +1.00 [+1.00, +1.00], 3 q)" in format_level_gaps(heldout_level_gaps(run))
 
 
 def test_hint_use_per_task(analyzed):

@@ -222,7 +222,14 @@ LEVEL_GAPS = (("2", "1"), ("1", "0"))      # high - mid, mid - low: the two step
 def heldout_level_gaps(run) -> dict[str, dict | None] | None:
     """The RM's held-out mean score of one level minus the next (high - mid, mid - low), each with a 95 % CI
     resampling held-out questions: the mid and low means rest on 10-25 rationales a seed (sd ~2), so the
-    sign of a gap says little without its interval. None for a gap whose levels are not both held out."""
+    sign of a gap says little without its interval. None for a gap whose levels are not both held out.
+
+    Each gap also has `within_question`: the same difference taken inside each held-out question that has
+    both levels (its mean score of one minus the other), averaged over those questions, with its 95 % CI
+    (questions resampled). The pooled gap also moves with which questions and tasks the two levels come from
+    (scores sit on a level of their own per question and per task, and the pairwise loss fixes only
+    differences within a question); the within-question gap does not. None when fewer than two questions
+    have both levels."""
     by_question = _heldout_scores_by_question(run)
     if by_question is None:
         return None
@@ -234,8 +241,13 @@ def heldout_level_gaps(run) -> dict[str, dict | None] | None:
             out[f"{a}-{b}"] = None
             continue
         gap, lo, hi = cluster_mean_difference(clusters)
+        paired = [[sum(x) / len(x) - sum(y) / len(y)] for x, y in clusters if x and y]
+        within = None
+        if len(paired) >= 2:
+            w, w_lo, w_hi = cluster_bootstrap(paired)
+            within = {"gap": w, "ci": [w_lo, w_hi], "questions": len(paired)}
         out[f"{a}-{b}"] = {"gap": gap, "ci": [lo, hi], "n": [n_a, n_b],
-                           "questions": sum(1 for x, y in clusters if x or y)}
+                           "questions": sum(1 for x, y in clusters if x or y), "within_question": within}
     return out
 
 

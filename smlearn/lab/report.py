@@ -38,12 +38,20 @@ def _interval(found: dict | None) -> str:
 
 
 def format_level_gaps(gaps: dict | None) -> str:
-    """'high − mid +1.23 [0.40, 2.01], mid − low −0.05 [−1.10, 0.98]': held-out mean-score gaps with their CIs."""
+    """'high − mid +1.23 [+0.40, +2.01] (within question +0.90 [+0.20, +1.60], 30 q), mid − low ...': held-out
+    mean-score gaps with their CIs, and the same gap inside the questions that hold both levels when measured."""
     if not gaps:
         return "n/a"
     names = {"2-1": "high − mid", "1-0": "mid − low"}
-    return ", ".join(f"{names.get(k, k)} " + (f"{g['gap']:+.2f} [{g['ci'][0]:+.2f}, {g['ci'][1]:+.2f}]" if g else "n/a")
-                     for k, g in gaps.items())
+
+    def one(g: dict | None) -> str:
+        if not g:
+            return "n/a"
+        text = f"{g['gap']:+.2f} [{g['ci'][0]:+.2f}, {g['ci'][1]:+.2f}]"
+        if w := g.get("within_question"):
+            text += f" (within question {w['gap']:+.2f} [{w['ci'][0]:+.2f}, {w['ci'][1]:+.2f}], {w['questions']} q)"
+        return text
+    return ", ".join(f"{names.get(k, k)} {one(g)}" for k, g in gaps.items())
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
