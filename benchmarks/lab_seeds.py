@@ -15,7 +15,8 @@ from pathlib import Path
 
 from smlearn.evaluate.intervals import bootstrap_difference, seeds_mean_text
 from smlearn.io import read_json, read_jsonl, write_json, write_text
-from smlearn.lab.analysis import heldout_level_gaps, hint_use_by_task
+from smlearn.lab.analysis import (heldout_level_gaps, hint_use_by_task, judged_items,
+                                  step_fraction_gaps_within_question)
 from smlearn.lab.default import run_lab
 from smlearn.lab.report import format_level_gaps
 from smlearn.rundir import Run
@@ -108,10 +109,12 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
     A reward model reading the text can rank two levels only as far as their rationales differ; where mid and
     low have the same share of valid steps, "mid above low" is not a property of the text. The all-task columns
     pool every judged rationale as the RM's level means pool its scores, so the tasks' mix weighs in the same way
-    (objects' right answers are mostly guesses with few valid steps)."""
+    (objects' right answers are mostly guesses with few valid steps). The last column takes mid − low inside each
+    question holding both, which no mix of questions or tasks moves."""
     tasks = next(iter(per_seed.values()))["tasks"]
     lines = ["| seed | " + " | ".join(f"{t}: high / mid / low" for t in tasks) + " | all tasks: high / mid / low | "
-             "all tasks: mid − low |", "| --- |" + " --- |" * (len(tasks) + 2)]
+             "all tasks: mid − low | mid − low within question [95 % CI]: "
+             + "; ".join(tasks + ["all"]) + " |", "| --- |" + " --- |" * (len(tasks) + 3)]
     for seed, m in per_seed.items():
         by_task = (m.get("rm") or {}).get("step_fraction_by_task_level") or {}
         cells = [" / ".join(f"{by_task[t][k]['mean']:.2f}" if t in by_task and k in by_task[t] else "n/a"
@@ -119,7 +122,10 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
         share = _step_share(m.get("rm") or {}) or {}
         gap = (f"{share['1']['mean'] - share['0']['mean']:+.3f}"
                if all(share.get(k, {}).get("mean") is not None for k in ("1", "0")) else "n/a")
-        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {_level_means(share, digits=3)} | {gap} |")
+        within = (m.get("rm") or {}).get("step_fraction_gaps_within_question") or {}
+        paired = "; ".join("n/a" if not (g := (within.get(t) or {}).get("1-0")) else
+                           f"{g['gap']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]" for t in tasks + ["all"])
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {_level_means(share, digits=3)} | {gap} | {paired} |")
     return "\n".join(lines)
 
 
@@ -263,12 +269,17 @@ def difference_table(out: Path, seeds: list[int], tasks: list[str], a: str = "rl
 
 
 def with_current_gaps(run_dir: Path, metrics: dict) -> dict:
-    """A run analysed before the level gaps had their within-question part gets them recomputed from its
-    rm/scores.jsonl (smlearn.lab.analysis.heldout_level_gaps, the function the analysis runs)."""
-    rm = metrics.get("rm") or {}
+    """A run analysed before the level gaps had their within-question parts gets them recomputed from its
+    rm/scores.jsonl and judged.jsonl with the functions the analysis runs (heldout_level_gaps,
+    step_fraction_gaps_within_question)."""
+    rm = metrics.get("rm")
+    if not rm:
+        return metrics
     gaps = rm.get("heldout_level_gaps")
     if gaps and any(g is not None and "within_question" not in g for g in gaps.values()):
         rm["heldout_level_gaps"] = heldout_level_gaps(Run.open(run_dir))
+    if "step_fraction_gaps_within_question" not in rm and (items := judged_items(Run.open(run_dir))):
+        rm["step_fraction_gaps_within_question"] = step_fraction_gaps_within_question(items)
     return metrics
 
 

@@ -11,7 +11,8 @@ from smlearn.config import DataConfig, RunConfig
 from smlearn.io import read_json, write_json, write_jsonl
 from smlearn.lab import get_task
 from smlearn.lab.analysis import (analyze, heldout_accuracy_by_task, heldout_accuracy_interval,
-                                  heldout_level_gaps, heldout_level_means_by_task, write_metrics)
+                                  heldout_level_gaps, heldout_level_means_by_task,
+                                  step_fraction_gaps_within_question, write_metrics)
 from smlearn.lab.report import MARKER_BEGIN, MARKER_END, fmt, format_level_gaps, report_section, write_lab_report
 from smlearn.lab.stats import rankdata, roc_auc, spearman
 from smlearn.prompts import answer_sentence, completion_text
@@ -478,6 +479,21 @@ def test_level_gap_within_question_removes_what_the_question_mix_makes(tmp_path)
     assert heldout_level_gaps(run)["2-1"] is None                         # no high held out
     assert "mid − low +5.33 [" in format_level_gaps(heldout_level_gaps(run))
     assert "(within question +1.00 [+1.00, +1.00], 3 q)" in format_level_gaps(heldout_level_gaps(run))
+
+
+def test_step_fraction_gaps_within_question():
+    """The verifier's share of valid steps, level minus level inside each question, per task and over all:
+    arithmetic's mid and low are equally valid in every question (0) even though its questions differ."""
+    items = [{"task": "arithmetic", "question_id": q, "level": lvl, "step_fraction": f}
+             for q, base in (("a1", 0.2), ("a2", 0.6)) for lvl, f in ((2, 1.0), (1, base), (0, base), (0, base))]
+    items += [{"task": "coins", "question_id": "c1", "level": 1, "step_fraction": 0.5},
+              {"task": "coins", "question_id": "c1", "level": 0, "step_fraction": 0.25}]
+    gaps = step_fraction_gaps_within_question(items)
+    assert set(gaps) == {"all", "arithmetic", "coins"}
+    assert gaps["arithmetic"]["1-0"] == {"gap": 0.0, "ci": [0.0, 0.0], "questions": 2}
+    assert gaps["arithmetic"]["2-1"]["gap"] == pytest.approx((0.8 + 0.4) / 2) and gaps["arithmetic"]["2-1"]["questions"] == 2
+    assert gaps["coins"] == {"2-1": None, "1-0": None}                     # one question: no interval
+    assert gaps["all"]["1-0"]["gap"] == pytest.approx(0.25 / 3) and gaps["all"]["1-0"]["questions"] == 3
 
 
 def test_hint_use_per_task(analyzed):

@@ -241,13 +241,9 @@ def heldout_level_gaps(run) -> dict[str, dict | None] | None:
             out[f"{a}-{b}"] = None
             continue
         gap, lo, hi = cluster_mean_difference(clusters)
-        paired = [[sum(x) / len(x) - sum(y) / len(y)] for x, y in clusters if x and y]
-        within = None
-        if len(paired) >= 2:
-            w, w_lo, w_hi = cluster_bootstrap(paired)
-            within = {"gap": w, "ci": [w_lo, w_hi], "questions": len(paired)}
         out[f"{a}-{b}"] = {"gap": gap, "ci": [lo, hi], "n": [n_a, n_b],
-                           "questions": sum(1 for x, y in clusters if x or y), "within_question": within}
+                           "questions": sum(1 for x, y in clusters if x or y),
+                           "within_question": _within_question(by_question, a, b)}
     return out
 
 
@@ -271,29 +267,14 @@ def hint_use_by_task(judged: list[dict]) -> dict[str, dict]:
     return {t: hint_use_stats([r for r in judged if task_of(r["question_id"]) == t]) for t in tasks}
 
 
-def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> tuple[dict, dict]:
-    """(metrics, plot data): RM levels/accuracy from rm/metrics.json, and RM score vs verifier validity."""
-    trigger = run.config.prompts.trigger
-    rm_path = run.path("rm", "metrics.json")
-    rm = read_json(rm_path) if rm_path.exists() else {}
-    levels = {k: {key: v.get(key) for key in ("mean", "std", "n")} for k, v in (rm.get("levels") or {}).items()}
-    out: dict[str, Any] = {"heldout_accuracy": rm.get("heldout_accuracy"),
-                           "heldout_pairs": rm.get("heldout_pairs"),
-                           "train_accuracy": rm.get("train_accuracy"),
-                           "score_mean": rm.get("score_mean"), "score_std": rm.get("score_std"),
-                           "heldout_accuracy_by_levels": rm.get("heldout_accuracy_by_levels"),
-                           "heldout_levels": rm.get("heldout_levels"),
-                           "levels": levels, "validity_by_level": {}, "vs_validity": None}
-    out["heldout_accuracy_by_task"] = heldout_accuracy_by_task(run)
-    out["heldout_interval"] = heldout_accuracy_interval(run)
-    out["heldout_levels_by_task"] = heldout_level_means_by_task(run)
-    out["heldout_level_gaps"] = heldout_level_gaps(run)
-    level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
-    plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
-
+def judged_items(run) -> list[dict] | None:
+    """Every judged rationale of a training or RM question with the step verifier's verdict: task, question id,
+    level, valid, step_fraction, and the prompt and completion the RM read (None when the run has no
+    judged.jsonl)."""
     judged_path = run.path("judged.jsonl")
     if not judged_path.exists():
-        return out, plot
+        return None
+    trigger = run.config.prompts.trigger
     examples = raw_rows(run, "train")
     if run.config.generate.rm_split and run.config.generate.rm_questions:   # the RM's extra questions' rationales
         examples = {**raw_rows(run, run.config.generate.rm_split), **examples}
@@ -314,9 +295,60 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
             continue
         completion = completion_text(j.get("rationale") or "", answer, trigger)
         report = verify_text(ex, completion)
-        items.append({"task": task_of(ex["id"]), "level": j.get("level"), "valid": report.valid,
-                      "step_fraction": _step_fraction(report), "completion": completion,
+        items.append({"task": task_of(ex["id"]), "question_id": str(j["question_id"]), "level": j.get("level"),
+                      "valid": report.valid, "step_fraction": _step_fraction(report), "completion": completion,
                       "prompt": prompts.get(j["question_id"], zero_shot.cot(ex["question"]))})
+    return items
+
+
+def step_fraction_gaps_within_question(items: list[dict]) -> dict[str, dict[str, dict | None]]:
+    """The step verifier's share of valid steps, one level minus the next (high - mid, mid - low) inside each
+    question that holds both, averaged over those questions with a 95 % CI (questions resampled); per task and
+    over all tasks ("all"). The ground truth beside the RM's `within_question` gaps: where it holds zero, the
+    two levels' rationales are equally valid question by question, and an RM order between them is not one of
+    step validity."""
+    by_question: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for it in items:
+        for task in (it["task"], "all"):
+            by_question[task][it["question_id"]][str(it["level"])].append(it["step_fraction"])
+    return {task: {f"{a}-{b}": _within_question(qs, a, b) for a, b in LEVEL_GAPS}
+            for task, qs in sorted(by_question.items())}
+
+
+def _within_question(by_question: dict[str, dict[str, list[float]]], a: str, b: str) -> dict | None:
+    """Mean over the questions holding both levels of (their mean a value - their mean b value), with a 95 %
+    CI resampling those questions; None when fewer than two questions hold both."""
+    paired = [[sum(x) / len(x) - sum(y) / len(y)] for levels in by_question.values()
+              if (x := levels.get(a)) and (y := levels.get(b))]
+    if len(paired) < 2:
+        return None
+    gap, lo, hi = cluster_bootstrap(paired)
+    return {"gap": gap, "ci": [lo, hi], "questions": len(paired)}
+
+
+def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> tuple[dict, dict]:
+    """(metrics, plot data): RM levels/accuracy from rm/metrics.json, and RM score vs verifier validity."""
+    rm_path = run.path("rm", "metrics.json")
+    rm = read_json(rm_path) if rm_path.exists() else {}
+    levels = {k: {key: v.get(key) for key in ("mean", "std", "n")} for k, v in (rm.get("levels") or {}).items()}
+    out: dict[str, Any] = {"heldout_accuracy": rm.get("heldout_accuracy"),
+                           "heldout_pairs": rm.get("heldout_pairs"),
+                           "train_accuracy": rm.get("train_accuracy"),
+                           "score_mean": rm.get("score_mean"), "score_std": rm.get("score_std"),
+                           "heldout_accuracy_by_levels": rm.get("heldout_accuracy_by_levels"),
+                           "heldout_levels": rm.get("heldout_levels"),
+                           "levels": levels, "validity_by_level": {}, "vs_validity": None}
+    out["heldout_accuracy_by_task"] = heldout_accuracy_by_task(run)
+    out["heldout_interval"] = heldout_accuracy_interval(run)
+    out["heldout_levels_by_task"] = heldout_level_means_by_task(run)
+    out["heldout_level_gaps"] = heldout_level_gaps(run)
+    level_scores = {k: list(v.get("scores") or []) for k, v in (rm.get("levels") or {}).items()}
+    plot: dict[str, Any] = {"level_scores": level_scores, "scored": []}
+
+    items = judged_items(run)
+    if items is None:
+        return out, plot
 
     # Verifier validity per collection level, over every judged rationale (the verifier is cheap), and the
     # share of valid steps: how much better, step by step, one level's rationales are than another's. A
@@ -334,6 +366,7 @@ def rm_analysis(run, scorer=None, max_rationales: int = 600, seed: int = 0) -> t
     out["step_fraction_by_task_level"] = {
         task: {k: {"n": len(v), "mean": mean(v)} for k, v in sorted(levels.items(), reverse=True)}
         for task, levels in sorted(by_task_level.items())}
+    out["step_fraction_gaps_within_question"] = step_fraction_gaps_within_question(items)
 
     if scorer is None:
         scorer = _default_scorer(run)

@@ -60,6 +60,20 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _within_question_section(gaps: dict | None) -> list[str]:
+    """The verifier's valid-step share, one level minus the next inside each question holding both (mean over
+    those questions, 95 % CI), per task and over all: the ground truth beside the RM's within-question gaps."""
+    if not gaps:
+        return []
+
+    def cell(g: dict | None) -> str:
+        return "n/a" if not g else f"{fmt(g['gap'])} [{fmt(g['ci'][0])}, {fmt(g['ci'][1])}] ({fmt(g['questions'])} q)"
+    rows = [[t, cell(v.get("2-1")), cell(v.get("1-0"))] for t, v in gaps.items()]
+    return ["", "Valid-step fraction inside each question: one level minus the next, mean over the questions "
+            "holding both [95 % CI, questions resampled] (where mid − low holds zero, mid and low rationales are "
+            "equally valid question by question):", ""] + _table(["task", "high − mid", "mid − low"], rows)
+
+
 def _hint_use_section(hint_use: dict | None) -> list[str]:
     """Per task: the share of judged rationales reaching the gold answer by source, and gold-hinted minus free
     and free minus wrong-hinted in points with their 95 % intervals (questions resampled)."""
@@ -161,6 +175,7 @@ def report_section(lab: dict) -> str:
                   "reading the text could tell apart):", ""]
         parts += _table(["task"] + [LEVEL_NAMES.get(k, k) for k in ("2", "1", "0")],
                         [[t] + [(v.get(k) or {}).get("mean") for k in ("2", "1", "0")] for t, v in by_task.items()])
+    parts += _within_question_section(rm.get("step_fraction_gaps_within_question"))
     parts += _hint_use_section(lab.get("hint_use"))
     parts += image("rm_scores_by_level.png", "RM score by quality level")
     vs = rm.get("vs_validity")
