@@ -60,6 +60,29 @@ def _ordered(levels: dict | None) -> bool | None:
     return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
 
 
+def mid_low_over_seeds(per_seed: dict[int, dict]) -> str:
+    """mid − low over the seeds (mean, 95 % t-interval, seeds as the unit): the RM's held-out gap pooled and
+    inside questions, and the verifier's valid-step share inside questions (every judged question)."""
+    def found(rm: dict, *path: str) -> float | None:
+        for key in path:
+            rm = (rm or {}).get(key)
+        return rm
+
+    rows = {"RM held-out score, pooled": [found(m.get("rm"), "heldout_level_gaps", "1-0", "gap") for m in per_seed.values()],
+            "RM held-out score, within question": [found(m.get("rm"), "heldout_level_gaps", "1-0", "within_question", "gap")
+                                                   for m in per_seed.values()],
+            "verifier valid-step share, within question, all tasks": [
+                found(m.get("rm"), "step_fraction_gaps_within_question", "all", "1-0", "gap") for m in per_seed.values()]}
+    lines = []
+    for name, values in rows.items():
+        values = [v for v in values if v is not None]
+        if values:
+            fmt = "+.3f" if name.startswith("verifier") else "+.2f"
+            lines.append(f"- mid − low, {name}: " + " ".join(seeds_mean_text(values, fmt)) + f" over {len(values)} seeds"
+                         f" (above zero on {sum(v > 0 for v in values)})")
+    return "\n".join(lines)
+
+
 def _within(rm: dict, gap: str) -> bool | None:
     """Whether the held-out gap inside questions (heldout_level_gaps' within_question) is above zero."""
     found = ((rm.get("heldout_level_gaps") or {}).get(gap) or {}).get("within_question")
@@ -304,7 +327,8 @@ def main() -> None:
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
           f"{next(iter(per_seed.values()))['accuracy']['base']['all']['n']} in all)\n\n{table(per_seed)}\n\n"
           f"{difference_table(Path(args.out), args.seeds, next(iter(per_seed.values()))['tasks'])}\n\n"
-          f"Over the seeds (seeds as the unit):\n\n{over_seeds_table(per_seed)}\n\n{rm_targets(per_seed)}\n\n"
+          f"Over the seeds (seeds as the unit):\n\n{over_seeds_table(per_seed)}\n\n{rm_targets(per_seed)}\n"
+          f"{mid_low_over_seeds(per_seed)}\n\n"
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
           f"per task and level:\n\n{step_fraction_table(per_seed)}\n\nRM mean score on held-out questions, per task "
           f"and level:\n\n{level_means_by_task_table(per_seed)}\n\nHint use: share of judged rationales reaching the gold "
