@@ -103,8 +103,9 @@ def bootstrap_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[floa
 
 def cluster_bootstrap(clusters: Sequence[Sequence[float]], resamples: int = 2000,
                       seed: int = 0) -> tuple[float, float, float]:
-    """(pooled mean over every item, 2.5 %, 97.5 %): `clusters[q]` are the 0/1 outcomes of cluster q's items
-    (e.g. the held-out pairs of question q); whole clusters are resampled with replacement."""
+    """(pooled mean over every item, 2.5 %, 97.5 %): `clusters[q]` are the values of cluster q's items (e.g. the
+    0/1 outcomes of question q's held-out pairs, or one value a question: a plain bootstrap over questions);
+    whole clusters are resampled with replacement."""
     clusters = [list(c) for c in clusters if len(c)]
     if not clusters:
         raise ValueError("no items")
