@@ -12,6 +12,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from smlearn.evaluate.intervals import bootstrap_difference, seeds_mean_text
 from smlearn.io import read_json, read_jsonl, write_json, write_text
@@ -60,19 +61,21 @@ def _ordered(levels: dict | None) -> bool | None:
     return levels["2"]["mean"] > levels["1"]["mean"] > levels["0"]["mean"]
 
 
+def _get(found: dict | None, *path: str) -> Any:
+    """found[path[0]][path[1]]..., None where a key is missing or a value on the way is None."""
+    for key in path:
+        found = (found or {}).get(key)
+    return found
+
+
 def mid_low_over_seeds(per_seed: dict[int, dict]) -> str:
     """mid − low over the seeds (mean, 95 % t-interval, seeds as the unit): the RM's held-out gap pooled and
     inside questions, and the verifier's valid-step share inside questions (every judged question)."""
-    def found(rm: dict, *path: str) -> float | None:
-        for key in path:
-            rm = (rm or {}).get(key)
-        return rm
-
-    rows = {"RM held-out score, pooled": [found(m.get("rm"), "heldout_level_gaps", "1-0", "gap") for m in per_seed.values()],
-            "RM held-out score, within question": [found(m.get("rm"), "heldout_level_gaps", "1-0", "within_question", "gap")
-                                                   for m in per_seed.values()],
-            "verifier valid-step share, within question, all tasks": [
-                found(m.get("rm"), "step_fraction_gaps_within_question", "all", "1-0", "gap") for m in per_seed.values()]}
+    paths = {"RM held-out score, pooled": ("heldout_level_gaps", "1-0", "gap"),
+             "RM held-out score, within question": ("heldout_level_gaps", "1-0", "within_question", "gap"),
+             "verifier valid-step share, within question, all tasks":
+                 ("step_fraction_gaps_within_question", "all", "1-0", "gap")}
+    rows = {name: [_get(m.get("rm"), *path) for m in per_seed.values()] for name, path in paths.items()}
     lines = []
     for name, values in rows.items():
         values = [v for v in values if v is not None]
@@ -85,8 +88,8 @@ def mid_low_over_seeds(per_seed: dict[int, dict]) -> str:
 
 def _within(rm: dict, gap: str) -> bool | None:
     """Whether the held-out gap inside questions (heldout_level_gaps' within_question) is above zero."""
-    found = ((rm.get("heldout_level_gaps") or {}).get(gap) or {}).get("within_question")
-    return None if found is None else found["gap"] > 0
+    found = _get(rm, "heldout_level_gaps", gap, "within_question", "gap")
+    return None if found is None else found > 0
 
 
 def _step_share(rm: dict) -> dict | None:
@@ -152,17 +155,15 @@ def step_fraction_table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def hint_use_table(out: Path, per_seed: dict[int, dict], tasks: list[str]) -> str:
+def hint_use_table(per_seed: dict[int, dict], tasks: list[str]) -> str:
     """Per seed and task: the share of judged rationales reaching the gold answer, gold-hinted / free /
     wrong-hinted, and gold-hinted minus free in points with its 95 % interval (questions resampled;
-    lab_metrics' hint_use, or for runs analysed before it existed smlearn.lab.analysis.hint_use_by_task over
-    the run's judged.jsonl). Where the interval holds zero there is
+    lab_metrics' hint_use). Where the interval holds zero there is
     no measurable hint use in that task, and its mid and low rationales may not differ."""
     lines = ["| seed | " + " | ".join(f"{t}: gold / free / wrong; gold − free [95 % CI]" for t in tasks) + " |",
              "| --- |" + " --- |" * len(tasks)]
     for seed, m in per_seed.items():
-        path = out / f"seed{seed}" / "judged.jsonl"
-        by_task = m.get("hint_use") or (hint_use_by_task(read_jsonl(path)) if path.exists() else None)
+        by_task = m.get("hint_use")
         if not by_task:
             continue
         cells = []
@@ -291,17 +292,21 @@ def difference_table(out: Path, seeds: list[int], tasks: list[str], a: str = "rl
                       + " | ".join(cells) + " |"])
 
 
-def with_current_gaps(run_dir: Path, metrics: dict) -> dict:
-    """A run analysed before the level gaps had their within-question parts gets them recomputed from its
-    rm/scores.jsonl and judged.jsonl with the functions the analysis runs (heldout_level_gaps,
-    step_fraction_gaps_within_question)."""
+def with_current_analysis(run_dir: Path, metrics: dict) -> dict:
+    """A run analysed before hint use and the within-question level gaps were measured gets them computed
+    from its judged.jsonl and rm/scores.jsonl by the functions the analysis runs (hint_use_by_task,
+    heldout_level_gaps, step_fraction_gaps_within_question); the other metrics are as the run wrote them."""
+    judged_path = run_dir / "judged.jsonl"
+    if metrics.get("hint_use") is None and judged_path.exists():
+        metrics["hint_use"] = hint_use_by_task(read_jsonl(judged_path))
     rm = metrics.get("rm")
     if not rm:
         return metrics
+    run = Run.open(run_dir)
     gaps = rm.get("heldout_level_gaps")
     if gaps and any(g is not None and "within_question" not in g for g in gaps.values()):
-        rm["heldout_level_gaps"] = heldout_level_gaps(Run.open(run_dir))
-    if "step_fraction_gaps_within_question" not in rm and (items := judged_items(Run.open(run_dir))):
+        rm["heldout_level_gaps"] = heldout_level_gaps(run)
+    if "step_fraction_gaps_within_question" not in rm and (items := judged_items(run)):
         rm["step_fraction_gaps_within_question"] = step_fraction_gaps_within_question(items)
     return metrics
 
@@ -321,7 +326,7 @@ def main() -> None:
         if not args.summarize_only:
             run_lab(out, [f"lab.seed={seed}", f"generate.seed={seed}", f"sft.seed={seed}", f"rm.seed={seed}",
                           f"rl.seed={seed}", *args.overrides])
-        per_seed[seed] = with_current_gaps(out, read_json(out / "lab_metrics.json"))
+        per_seed[seed] = with_current_analysis(out, read_json(out / "lab_metrics.json"))
         seconds[seed] = round(time.time() - t0, 1)
     tasks = next(iter(per_seed.values()))["tasks"]
     md = (f"Seeds {args.seeds}; test accuracy mean ± sd over seeds (n per task per seed: "
@@ -332,7 +337,7 @@ def main() -> None:
           f"{per_seed_table(per_seed)}\n\nValid-step fraction of the judged rationales (step verifier), "
           f"per task and level:\n\n{step_fraction_table(per_seed)}\n\nRM mean score on held-out questions, per task "
           f"and level:\n\n{level_means_by_task_table(per_seed)}\n\nHint use: share of judged rationales reaching the gold "
-          f"answer by source, per task:\n\n{hint_use_table(Path(args.out), per_seed, tasks)}\n")
+          f"answer by source, per task:\n\n{hint_use_table(per_seed, tasks)}\n")
     write_text(Path(args.out) / "seeds.md", md)
     write_json(Path(args.out) / "seeds.json", {"seeds": args.seeds, "seconds": seconds,
                                                "accuracy": {s: m["accuracy"] for s, m in per_seed.items()}})
